@@ -1,0 +1,707 @@
+"""The async SDK: `AsyncTidebase` runs a workflow durably, `RunContext` checkpoints its steps.
+
+A run attempt begins with one round trip that takes the run lease and returns every checkpoint
+of the run; finished steps then replay from memory. A pure step costs one round trip when it
+completes; a step that declares side effects records its start first (two round trips), so a
+crash in the middle of the effect is visible and classified on the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidebase import codec
+from tidebase.contract import (
+    REPLAY_MODES,
+    STATUS_FOR_DECISION,
+    classify_resume_decision,
+    error_payload,
+    hash_input,
+)
+from tidebase.errors import (
+    ConfigurationError,
+    DuplicateStep,
+    InputMismatch,
+    LeaseLost,
+    RunCancelled,
+    RunLeased,
+    SerializationError,
+    StepFailedPermanently,
+    StepNeedsReview,
+    StoreUnavailable,
+    TidebaseError,
+    WorkflowMismatch,
+)
+from tidebase.hooks import (
+    AttemptInfo,
+    AttemptTracker,
+    ReplayInfo,
+    RunObserver,
+    StepInfo,
+    StepTracker,
+    UsageInfo,
+    _start_attempt,
+    global_observers,
+)
+from tidebase.store.base import StepKey, StepRecord, Store, UsageRecord
+
+_log = logging.getLogger("tidebase")
+
+DEFAULT_URL = "http://localhost:7373"
+_MAX_NAME = 200
+_MAX_BACKOFF_S = 30.0
+
+# Errors that end a step (or run) as they are: never retried, never classified as step failures.
+_CONTROL_ERRORS = (
+    LeaseLost,
+    RunCancelled,
+    StepNeedsReview,
+    StepFailedPermanently,
+    InputMismatch,
+    DuplicateStep,
+)
+
+
+@dataclass(slots=True)
+class _StepFrame:
+    """The step whose function is running in the current context (for nesting and usage)."""
+
+    run: RunContext
+    name: str
+    try_number: int
+    usage_seq: int = 0
+
+
+_current_step: contextvars.ContextVar[_StepFrame | None] = contextvars.ContextVar(
+    "tidebase_current_step", default=None
+)
+
+
+def _lease_ms_default() -> int:
+    raw = os.environ.get("TIDEBASE_LEASE_MS", "60000")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"TIDEBASE_LEASE_MS must be an integer, got {raw!r}") from None
+    if value < 1000:
+        raise ConfigurationError(f"TIDEBASE_LEASE_MS must be at least 1000, got {value}")
+    return value
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
+    if len(name) > _MAX_NAME:
+        raise ValueError(f"{kind} name {name[:40]!r}... is longer than {_MAX_NAME} characters")
+    return name
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What one attempt did: which steps executed and which replayed from checkpoints."""
+
+    executed: list[str] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)
+
+
+class RunContext:
+    """The handle a workflow function receives: `step`, state and usage for one run attempt."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        run_id: str,
+        workflow: str,
+        attempt: int,
+        owner: str,
+        lease_ms: int,
+        input: Any,
+        steps: Sequence[StepRecord],
+        tracker: AttemptTracker,
+    ):
+        self._store = store
+        self.run_id = run_id
+        self.workflow = workflow
+        self.attempt = attempt
+        self.input = input
+        self._owner = owner
+        self._lease_ms = lease_ms
+        self._steps = {s.name: s for s in steps}
+        self._used: set[str] = set()
+        self._tracker = tracker
+        self._usage_seq = 0
+        self._stopped: BaseException | None = None
+        self.stats = RunStats()
+
+    @property
+    def lease_owner(self) -> str:
+        return self._owner
+
+    def _check_alive(self) -> None:
+        if self._stopped is not None:
+            raise self._stopped
+
+    # -- steps -----------------------------------------------------------------------------
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        input: Any = None,
+        side_effects: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
+        retries: int = 0,
+        replay: str | None = None,
+        retry_delay: float = 0.5,
+        input_hash: str | None = None,
+    ) -> Any:
+        """Runs `fn` once per run and checkpoints its result; later attempts replay it.
+
+        `fn` may return a value or an awaitable. `input` identifies what the step computes from:
+        calling a recorded step with a different input raises `InputMismatch` instead of
+        replaying a stale answer. `side_effects` (e.g. ["ticket.create"]) with no
+        `idempotency_key` makes a failed or interrupted step wait for manual review instead of
+        running again.
+        """
+        _check_name("step", name)
+        options = self._options(name, side_effects, idempotency_key, retries, replay)
+        if name in self._used:
+            raise DuplicateStep(name)
+        self._used.add(name)
+        self._check_alive()
+        digest = input_hash or self._hash(name, input)
+        stored_input = codec.encode(input, what=f"input of step {name!r}")
+        parent = _current_step.get()
+        info = StepInfo(
+            run_id=self.run_id,
+            workflow=self.workflow,
+            attempt=self.attempt,
+            name=name,
+            input_hash=digest,
+            side_effects=tuple(options.get("sideEffects") or ()),
+            idempotency_key=idempotency_key,
+            replay=replay,
+            retries=retries,
+            parent=parent.name if parent is not None and parent.run is self else None,
+        )
+        key = StepKey(self.run_id, self._owner, name, info.parent, digest, stored_input, options)
+
+        known = self._steps.get(name)
+        if known is not None:
+            if known.input_hash != digest:
+                raise InputMismatch(name, known.input_hash, digest)
+            if known.status == "completed":
+                return self._replay(info, known)
+            await self._check_resumable(key, info, known)
+
+        return await self._execute(key, info, fn, retries, retry_delay)
+
+    def _options(
+        self,
+        name: str,
+        side_effects: Sequence[str] | None,
+        idempotency_key: str | None,
+        retries: int,
+        replay: str | None,
+    ) -> dict[str, Any]:
+        if side_effects is not None and (
+            isinstance(side_effects, str)
+            or not all(isinstance(e, str) for e in side_effects)
+        ):
+            raise TypeError(
+                f"step {name!r}: side_effects must be a list of strings, got {side_effects!r}"
+            )
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise TypeError(
+                f"step {name!r}: idempotency_key must be a string, got "
+                f"{type(idempotency_key).__name__}"
+            )
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"step {name!r}: retries must be an integer >= 0, got {retries!r}")
+        if replay is not None and replay not in REPLAY_MODES:
+            raise ValueError(
+                f"step {name!r}: replay must be one of {sorted(REPLAY_MODES)}, got {replay!r}"
+            )
+        options: dict[str, Any] = {"retries": retries}
+        if side_effects:
+            options["sideEffects"] = list(side_effects)
+        if idempotency_key is not None:
+            options["idempotencyKey"] = idempotency_key
+        if replay is not None:
+            options["replay"] = replay
+        return options
+
+    @staticmethod
+    def _hash(name: str, value: Any) -> str:
+        try:
+            return hash_input(value)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"input of step {name!r}", "", type(value).__qualname__, str(exc)
+            ) from exc
+
+    def _replay(self, info: StepInfo, record: StepRecord) -> Any:
+        try:
+            value = codec.decode(record.output)
+        except Exception as exc:
+            raise TidebaseError(
+                f"step {info.name!r}: its recorded output cannot be decoded: {exc}"
+            ) from exc
+        self.stats.replayed.append(info.name)
+        self._tracker.replayed(ReplayInfo(info, record.executed_by, tuple(record.usage)))
+        return value
+
+    async def _check_resumable(self, key: StepKey, info: StepInfo, known: StepRecord) -> None:
+        """Refuses to re-execute a step that is parked, failed for good, or died mid-effect."""
+        if known.status == "manual_review":
+            raise StepNeedsReview(self.run_id, info.name, "it is parked in manual review")
+        if known.status == "failed" and known.resume_decision == "fail_hard":
+            raise StepFailedPermanently(self.run_id, info.name)
+        if known.status != "running":
+            return
+        # Started in an earlier attempt and never finished: the worker died mid-step.
+        decision = classify_resume_decision(known.options)
+        if decision in ("manual_review", "fail_hard"):
+            error = {
+                "name": "Interrupted",
+                "message": f"the worker died while the step was running (run attempt "
+                f"{known.run_attempt}); its side effects may or may not have happened",
+            }
+            await self._store.fail_step(
+                key, error, STATUS_FOR_DECISION[decision], decision, None
+            )
+            if decision == "manual_review":
+                raise StepNeedsReview(
+                    self.run_id,
+                    info.name,
+                    "the worker died while it was running and it declares external writes "
+                    "without an idempotency key",
+                )
+            raise StepFailedPermanently(self.run_id, info.name)
+
+    async def _execute(
+        self,
+        key: StepKey,
+        info: StepInfo,
+        fn: Callable[[], Any],
+        retries: int,
+        retry_delay: float,
+    ) -> Any:
+        tracker: StepTracker = self._tracker.step(info)
+        started = time.perf_counter()
+        try:
+            if "sideEffects" in key.options:
+                begun = await self._store.start_step(key, self._lease_ms)
+                if begun.action == "return":  # completed meanwhile (same lease holder)
+                    tracker.finished("completed", duration_s=time.perf_counter() - started)
+                    return codec.decode(begun.step.output)
+            value = await self._run_tries(key, info, fn, retries, retry_delay, tracker, started)
+        except _CONTROL_ERRORS as exc:
+            outcome = {LeaseLost: "lease_lost", RunCancelled: "cancelled"}.get(type(exc), "failed")
+            tracker.finished(outcome, error=exc, duration_s=time.perf_counter() - started)
+            raise
+        except StoreUnavailable as exc:
+            tracker.finished("failed", error=exc, duration_s=time.perf_counter() - started)
+            raise
+        return value
+
+    async def _run_tries(
+        self,
+        key: StepKey,
+        info: StepInfo,
+        fn: Callable[[], Any],
+        retries: int,
+        retry_delay: float,
+        tracker: StepTracker,
+        started: float,
+    ) -> Any:
+        try_number = 0
+        while True:
+            try_number += 1
+            frame = _StepFrame(self, info.name, try_number)
+            token = _current_step.set(frame)
+            try:
+                with tracker.running(try_number):
+                    value = await _call(fn)
+                    encoded = codec.encode(value, what=f"output of step {info.name!r}")
+            except _CONTROL_ERRORS:
+                raise
+            except Exception as exc:
+                final = try_number > retries or isinstance(exc, SerializationError)
+                tracker.try_failed(try_number, exc, will_retry=not final)
+                if not final:
+                    await self._store.fail_step(
+                        key, error_payload(exc), "failed_retryable", "auto_retry",
+                        tracker.span_ref,
+                    )
+                    delay = min(retry_delay * 2 ** (try_number - 1), _MAX_BACKOFF_S)
+                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                    continue
+                decision = classify_resume_decision(key.options)
+                status = STATUS_FOR_DECISION[decision]
+                try:
+                    await self._store.fail_step(
+                        key, error_payload(exc), status, decision, tracker.span_ref
+                    )
+                except (StoreUnavailable, LeaseLost, RunCancelled) as write_error:
+                    _log.warning("could not record failure of step %r: %s", info.name, write_error)
+                tracker.finished(
+                    status, error=exc, resume_decision=decision,
+                    duration_s=time.perf_counter() - started,
+                )
+                if status == "manual_review":
+                    exc.add_note(
+                        f"tidebase: step {info.name!r} is parked in manual review; resolve it "
+                        f"with `tidebase runs resolve {self.run_id} {info.name} --retry` or "
+                        "`--output JSON`"
+                    )
+                raise
+            finally:
+                _current_step.reset(token)
+            break
+        written = await self._store.complete_step(key, encoded, tracker.span_ref, self._lease_ms)
+        self.stats.executed.append(info.name)
+        tracker.finished("completed", duration_s=time.perf_counter() - started)
+        if written.action == "return":
+            return codec.decode(written.step.output)
+        return value
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def state_set(self, value: Any) -> dict[str, Any]:
+        """Replaces the run's state (any JSON value); every write is kept as a version."""
+        self._check_alive()
+        encoded = codec.encode(value, what="run state")
+        return await self._write_state(encoded, patch=False)
+
+    async def state_patch(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """Shallow-merges `patch` (a dict) into the run's state."""
+        if not isinstance(patch, dict):
+            raise TypeError(f"state_patch takes a dict, got {type(patch).__name__}")
+        self._check_alive()
+        encoded = codec.encode(patch, what="run state patch")
+        return await self._write_state(encoded, patch=True)
+
+    async def _write_state(self, value: Any, *, patch: bool) -> dict[str, Any]:
+        frame = _current_step.get()
+        step = frame.name if frame is not None and frame.run is self else None
+        state = await self._store.write_state(self.run_id, self._owner, value, patch=patch, step=step)
+        return {**state, "value": codec.decode(state["value"])}
+
+    async def state_get(self) -> Any:
+        """The run's current state value, or None if none was written."""
+        state = await self._store.read_state(self.run_id)
+        return codec.decode(state["value"]) if state else None
+
+    # -- usage -----------------------------------------------------------------------------
+
+    async def usage_record(
+        self,
+        *,
+        kind: str = "llm",
+        provider: str | None = None,
+        model: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        total_tokens: int | None = None,
+        cost_usd: float | None = None,
+        quantity: float | None = None,
+        unit: str | None = None,
+        label: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> bool:
+        """Adds a record to the run's usage ledger; returns False if it was already recorded.
+
+        Inside a step the record belongs to that step's execution; a replayed step records
+        nothing, and a re-invocation that re-executes a step records that real new spend.
+        Outside a step the n-th record of an attempt has the key `run:n`, so re-running the
+        workflow function after a crash does not count it twice. Pass `key` to choose your own.
+        """
+        self._check_alive()
+        for field_name, amount in (
+            ("input_tokens", input_tokens),
+            ("output_tokens", output_tokens),
+            ("total_tokens", total_tokens),
+        ):
+            if amount is not None and (
+                not isinstance(amount, int) or isinstance(amount, bool) or amount < 0
+            ):
+                raise ValueError(f"usage_record: {field_name} must be an integer >= 0, got {amount!r}")
+        for field_name, number in (("cost_usd", cost_usd), ("quantity", quantity)):
+            if number is not None and (
+                not isinstance(number, (int, float)) or isinstance(number, bool) or number < 0
+            ):
+                raise ValueError(f"usage_record: {field_name} must be a number >= 0, got {number!r}")
+        frame = _current_step.get()
+        in_step = frame is not None and frame.run is self
+        if key is not None:
+            record_key = f"user:{key}"
+        elif in_step:
+            frame.usage_seq += 1
+            record_key = f"step:{frame.name}:a{self.attempt}.t{frame.try_number}:{frame.usage_seq}"
+        else:
+            self._usage_seq += 1
+            record_key = f"run:{self._usage_seq}"
+        step_name = frame.name if in_step else None
+        record = UsageRecord(
+            key=record_key,
+            step_name=step_name,
+            kind=kind,
+            provider=provider,
+            model=model,
+            label=label,
+            quantity=quantity,
+            unit=unit,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=total_tokens,
+            cost_usd=cost_usd,
+            metadata=codec.encode(metadata, what="usage metadata") if metadata else None,
+        )
+        inserted = await self._store.record_usage(self.run_id, self._owner, record)
+        if inserted:
+            if total_tokens is None and (input_tokens is not None or output_tokens is not None):
+                total_tokens = (input_tokens or 0) + (output_tokens or 0)
+            self._tracker.usage_recorded(
+                UsageInfo(
+                    run_id=self.run_id,
+                    workflow=self.workflow,
+                    step=step_name,
+                    kind=kind,
+                    provider=provider,
+                    model=model,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    total_tokens=total_tokens,
+                    cost_usd=cost_usd,
+                    quantity=quantity,
+                    unit=unit,
+                )
+            )
+        return inserted
+
+
+def current_run() -> RunContext | None:
+    """The run whose step is executing in this context (e.g. inside an Agents SDK tool)."""
+    frame = _current_step.get()
+    return frame.run if frame is not None else None
+
+
+def current_step_name() -> str | None:
+    frame = _current_step.get()
+    return frame.name if frame is not None else None
+
+
+class AsyncTidebase:
+    """Client for durable runs. Direct mode with a postgresql:// URL, server mode with http(s)://.
+
+    The URL comes from `url`, else TIDEBASE_URL, else http://localhost:7373.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        lease_ms: int | None = None,
+        observers: Sequence[RunObserver] = (),
+        auto_migrate: bool = True,
+    ):
+        self.url = url or os.environ.get("TIDEBASE_URL") or DEFAULT_URL
+        self.api_key = api_key if api_key is not None else os.environ.get("TIDEBASE_API_KEY")
+        if not self.url.startswith(("postgres://", "postgresql://", "http://", "https://")):
+            raise ConfigurationError(
+                f"TIDEBASE_URL must be a postgresql:// URL (direct mode) or an http(s):// URL "
+                f"(server mode), got {self.url.split('@')[-1]!r}"
+            )
+        self.lease_ms = lease_ms if lease_ms is not None else _lease_ms_default()
+        self._observers = list(observers)
+        self._auto_migrate = auto_migrate
+        self._store: Store | None = None
+        self._store_lock = asyncio.Lock()
+
+    @property
+    def mode(self) -> str:
+        return "server" if self.url.startswith(("http://", "https://")) else "direct"
+
+    async def store(self) -> Store:
+        """The connected store (connecting on first use)."""
+        if self._store is not None:
+            return self._store
+        async with self._store_lock:
+            if self._store is None:
+                self._store = await self._connect()
+        return self._store
+
+    async def _connect(self) -> Store:
+        if self.mode == "direct":
+            from tidebase.store.postgres import PostgresStore
+
+            return await PostgresStore.connect(self.url, auto_migrate=self._auto_migrate)
+        try:
+            from tidebase.store.http import HttpStore
+        except ImportError:
+            raise ConfigurationError(
+                f"server mode ({self.url}) is not available yet in this version; "
+                "use a postgresql:// URL for direct mode"
+            ) from None
+        return await HttpStore.connect(self.url, api_key=self.api_key)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> AsyncTidebase:
+        await self.store()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def run(
+        self,
+        workflow_name: str,
+        fn: Callable[[RunContext, Any], Awaitable[Any] | Any],
+        *,
+        run_id: str | None = None,
+        input: Any = None,
+    ) -> Any:
+        """Runs (or resumes) `fn(run, input)` as run `run_id` of `workflow_name`.
+
+        A new id is made when `run_id` is None; an unknown `run_id` is created (so callers can
+        use their own ids, e.g. a job id). A completed run returns its stored result without
+        calling `fn`. The user's exception is re-raised after the failure is recorded.
+        """
+        _check_name("workflow", workflow_name)
+        if run_id is None:
+            run_id = f"run_{uuid.uuid4().hex}"
+        _check_name("run id", run_id)
+        encoded_input = codec.encode(input, what=f"input of run {run_id!r}") if input is not None else None
+        store = await self.store()
+        owner = _worker_id()
+        info = AttemptInfo(run_id=run_id, workflow=workflow_name)
+        tracker = _start_attempt([*global_observers(), *self._observers], info)
+        try:
+            begun = await store.begin_run(
+                run_id, workflow_name, encoded_input, owner, self.lease_ms,
+                create=True, span=tracker.span_ref,
+            )
+        except BaseException as exc:
+            tracker.finished("failed", error=exc)
+            raise
+        run_row = begun.run
+        if begun.outcome != "begun":
+            return self._not_begun(begun.outcome, run_row, run_id, workflow_name, tracker)
+
+        info.attempt = int(run_row["attempt"])
+        info.previous = begun.previous
+        tracker.begun(info)
+        stored_input = codec.decode(run_row.get("input"))
+        ctx = RunContext(
+            store=store,
+            run_id=run_id,
+            workflow=workflow_name,
+            attempt=info.attempt,
+            owner=owner,
+            lease_ms=self.lease_ms,
+            input=input if input is not None else stored_input,
+            steps=begun.steps,
+            tracker=tracker,
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(store, ctx), name=f"tidebase-lease-{run_id}")
+        try:
+            with tracker.active():
+                try:
+                    result = await _call(fn, ctx, ctx.input)
+                    encoded = codec.encode(result, what=f"result of run {run_id!r}")
+                except BaseException as exc:
+                    await self._record_failure(store, ctx, exc, tracker)
+                    raise
+                await store.complete_run(run_id, owner, encoded)
+                tracker.finished("completed")
+                return result
+        finally:
+            heartbeat.cancel()
+
+    def _not_begun(
+        self, outcome: str, run_row: dict[str, Any], run_id: str, workflow: str,
+        tracker: AttemptTracker,
+    ) -> Any:
+        if outcome == "completed":
+            tracker.finished("already_completed")
+            return codec.decode(run_row.get("result"))
+        if outcome == "leased":
+            error: TidebaseError = RunLeased(
+                run_id, run_row.get("lease_owner"), run_row.get("lease_expires_at")
+            )
+        elif outcome == "cancelled":
+            error = RunCancelled(run_id, run_row.get("cancel_reason"))
+        elif outcome == "workflow_mismatch":
+            error = WorkflowMismatch(run_id, run_row.get("workflow_name", "?"), workflow)
+        else:
+            error = TidebaseError(f"run {run_id!r}: unexpected begin outcome {outcome!r}")
+        tracker.finished(outcome, error=error)
+        raise error
+
+    async def _record_failure(
+        self, store: Store, ctx: RunContext, exc: BaseException, tracker: AttemptTracker
+    ) -> None:
+        if isinstance(exc, (LeaseLost, RunCancelled)):
+            tracker.finished("cancelled" if isinstance(exc, RunCancelled) else "lease_lost", error=exc)
+            return
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+            # The process is going away: leave the run as it is so another attempt resumes it.
+            tracker.finished("interrupted", error=exc)
+            return
+        failure_class = "manual_review" if isinstance(exc, StepNeedsReview) else None
+        try:
+            await store.fail_run(ctx.run_id, ctx.lease_owner, error_payload(exc), failure_class)
+        except (StoreUnavailable, LeaseLost, RunCancelled) as write_error:
+            _log.warning("could not record failure of run %r: %s", ctx.run_id, write_error)
+        tracker.finished("failed", error=exc)
+
+    async def _heartbeat(self, store: Store, ctx: RunContext) -> None:
+        interval = self.lease_ms / 3000.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await store.heartbeat(ctx.run_id, ctx.lease_owner, self.lease_ms)
+            except (LeaseLost, RunCancelled) as exc:
+                ctx._stopped = exc
+                _log.warning("run %s: %s", ctx.run_id, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying; the lease has slack
+                _log.warning("run %s: lease heartbeat failed: %s", ctx.run_id, exc)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """Everything stored about a run: the run, attempts, steps, usage, events, state."""
+        store = await self.store()
+        return await store.run_detail(run_id)  # type: ignore[attr-defined]

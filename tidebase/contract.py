@@ -1,0 +1,71 @@
+"""The resume contract: how step inputs are hashed and how a step's final failure is classified.
+
+Both follow the Tidebase HTTP API reference exactly (see the README), so hashes computed here
+equal those of Tidebase's other SDKs and a server can be shared with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+ResumeDecision = Literal["auto_retry", "safe_replay", "manual_review", "fail_hard"]
+ReplayMode = Literal["auto", "manual", "never"]
+
+REPLAY_MODES: frozenset[str] = frozenset({"auto", "manual", "never"})
+
+# Step status written for each decision on a step's final failure.
+STATUS_FOR_DECISION: Mapping[str, str] = {
+    "auto_retry": "failed_retryable",
+    "manual_review": "manual_review",
+    "safe_replay": "failed",
+    "fail_hard": "failed",
+}
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON text: dict keys sorted, no whitespace, non-ASCII kept raw."""
+    if isinstance(value, dict):
+        items = []
+        for key in sorted(value):
+            items.append(json.dumps(str(key), ensure_ascii=False) + ":" + canonical_json(value[key]))
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(canonical_json(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def hash_input(value: Any) -> str:
+    """Lowercase hex SHA-256 of the canonical JSON of a step input (`None` hashes `null`)."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def declares_external_write(side_effects: Sequence[Any] | None) -> bool:
+    """True when the declared side effects include anything but reads."""
+    effects = [e for e in (side_effects or []) if e]
+    return bool(effects) and not all(e == "read" for e in effects)
+
+
+def classify_resume_decision(options: Mapping[str, Any]) -> ResumeDecision:
+    """What may happen to a step after its final failure (or a crash while it ran).
+
+    replay=manual → manual_review; replay=never → fail_hard; replay=auto → safe_replay;
+    external writes without an idempotency key → manual_review; otherwise safe_replay.
+    """
+    replay = options.get("replay")
+    if replay == "manual":
+        return "manual_review"
+    if replay == "never":
+        return "fail_hard"
+    if replay == "auto":
+        return "safe_replay"
+    if declares_external_write(options.get("sideEffects")) and not options.get("idempotencyKey"):
+        return "manual_review"
+    return "safe_replay"
+
+
+def error_payload(error: BaseException) -> dict[str, str]:
+    """How failures are stored: `{name, message}`, no stack (as Tidebase's Python SDK does)."""
+    return {"name": type(error).__name__, "message": str(error)}

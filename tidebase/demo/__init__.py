@@ -1,0 +1,1 @@
+"""Demo helpers: an offline scripted model for running Agents SDK pipelines without network."""

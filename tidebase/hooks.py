@@ -1,0 +1,269 @@
+"""The observer interface through which extensions (tidebase_otel) watch runs and steps.
+
+`tidebase` never imports `tidebase_otel`; instead it calls these hooks. An observer returns
+small tracker objects so per-attempt and per-step state stays with the attempt, and a step
+tracker is a context manager entered around the step function, so an observer can make its
+span current while user code runs. Every hook call is guarded: an exception raised by an
+observer is logged and swallowed, it never fails a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_log = logging.getLogger("tidebase.hooks")
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRef:
+    """Where a piece of work was traced: W3C trace id (32 hex) and span id (16 hex)."""
+
+    trace_id: str
+    span_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageAmount:
+    """Usage recorded during a step's original execution, used for 'cost avoided by replay'."""
+
+    provider: str | None
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+@dataclass(slots=True)
+class AttemptInfo:
+    """One attempt of a run. `attempt` and `previous` are filled in once the run lease is taken."""
+
+    run_id: str
+    workflow: str
+    attempt: int = 0
+    previous: SpanRef | None = None  # run span of the previous attempt, if it was traced
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """A step about to execute (or replay). `parent` is the name of the enclosing step, if any."""
+
+    run_id: str
+    workflow: str
+    attempt: int
+    name: str
+    input_hash: str
+    side_effects: tuple[str, ...]
+    idempotency_key: str | None
+    replay: str | None
+    retries: int
+    parent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayInfo:
+    """A step served from its checkpoint instead of executing."""
+
+    step: StepInfo
+    executed_by: SpanRef | None  # the span that originally executed it
+    usage: Sequence[UsageAmount] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageInfo:
+    """A usage record that was newly written to the ledger (never a duplicate)."""
+
+    run_id: str
+    workflow: str
+    step: str | None
+    kind: str
+    provider: str | None
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    cost_usd: float | None
+    quantity: float | None
+    unit: str | None
+
+
+class StepTracker:
+    """Follows one execution of a step; entered around each call of the step function.
+
+    Outcomes passed to `finished`: completed, failed, failed_retryable, manual_review,
+    cancelled, lease_lost.
+    """
+
+    span_ref: SpanRef | None = None
+
+    @contextlib.contextmanager
+    def running(self, try_number: int) -> Iterator[None]:
+        """Wraps one call of the step function (the first try is 1)."""
+        yield
+
+    def try_failed(self, try_number: int, error: BaseException, will_retry: bool) -> None:
+        """A try raised; `will_retry` says whether another try follows."""
+
+    def finished(
+        self,
+        outcome: str,
+        *,
+        error: BaseException | None = None,
+        resume_decision: str | None = None,
+        duration_s: float = 0.0,
+    ) -> None:
+        """The step ended for this attempt."""
+
+
+class AttemptTracker:
+    """Follows one attempt of a run."""
+
+    span_ref: SpanRef | None = None
+
+    def begun(self, info: AttemptInfo) -> None:
+        """The run lease is held; `info.attempt` and `info.previous` are now known."""
+
+    def step(self, info: StepInfo) -> StepTracker:
+        """A step is about to execute."""
+        return StepTracker()
+
+    def replayed(self, info: ReplayInfo) -> None:
+        """A step was served from its checkpoint."""
+
+    def usage_recorded(self, info: UsageInfo) -> None:
+        """A usage record was newly written (exactly once per ledger row)."""
+
+    def finished(self, status: str, *, error: BaseException | None = None) -> None:
+        """The attempt ended: completed, failed, cancelled, lease_lost, replayed (already done)."""
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Wraps the whole attempt (the user's workflow function runs inside it)."""
+        yield
+
+
+class RunObserver:
+    """Base class for observers. Override `attempt` to return your own tracker."""
+
+    def attempt(self, info: AttemptInfo) -> AttemptTracker:
+        return AttemptTracker()
+
+
+_global_observers: list[RunObserver] = []
+
+
+def add_observer(observer: RunObserver) -> None:
+    """Registers an observer for every AsyncTidebase client (used by `tidebase_otel.instrument`)."""
+    if observer not in _global_observers:
+        _global_observers.append(observer)
+
+
+def remove_observer(observer: RunObserver) -> None:
+    with contextlib.suppress(ValueError):
+        _global_observers.remove(observer)
+
+
+def global_observers() -> tuple[RunObserver, ...]:
+    return tuple(_global_observers)
+
+
+def _guard(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Calls an observer hook; logs and swallows anything it raises."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - telemetry must never fail a run
+        _log.warning("tidebase observer hook %s failed", what, exc_info=True)
+        return None
+
+
+class _FanoutStep(StepTracker):
+    def __init__(self, trackers: list[StepTracker]):
+        self._trackers = trackers
+        refs = [t.span_ref for t in trackers if getattr(t, "span_ref", None) is not None]
+        self.span_ref = refs[0] if refs else None
+
+    @contextlib.contextmanager
+    def running(self, try_number: int) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for tracker in self._trackers:
+                cm = _guard("step.running", tracker.running, try_number)
+                if cm is not None:
+                    _guard("step.running.enter", stack.enter_context, _SafeCM(cm))
+            yield
+
+    def try_failed(self, try_number: int, error: BaseException, will_retry: bool) -> None:
+        for t in self._trackers:
+            _guard("step.try_failed", t.try_failed, try_number, error, will_retry)
+
+    def finished(self, outcome: str, **kwargs: Any) -> None:
+        for t in self._trackers:
+            _guard("step.finished", t.finished, outcome, **kwargs)
+
+
+class _SafeCM:
+    """Wraps an observer's context manager so neither its enter nor its exit can raise."""
+
+    def __init__(self, cm: Any):
+        self._cm = cm
+        self._entered = False
+
+    def __enter__(self) -> None:
+        try:
+            self._cm.__enter__()
+            self._entered = True
+        except Exception:  # noqa: BLE001
+            _log.warning("tidebase observer context enter failed", exc_info=True)
+
+    def __exit__(self, *exc: Any) -> bool:
+        if self._entered:
+            try:
+                self._cm.__exit__(*exc)
+            except Exception:  # noqa: BLE001
+                _log.warning("tidebase observer context exit failed", exc_info=True)
+        return False
+
+
+class _FanoutAttempt(AttemptTracker):
+    """Dispatches to the trackers of several observers, guarding each call."""
+
+    def __init__(self, trackers: list[AttemptTracker]):
+        self._trackers = trackers
+        refs = [t.span_ref for t in trackers if getattr(t, "span_ref", None) is not None]
+        self.span_ref = refs[0] if refs else None
+
+    def begun(self, info: AttemptInfo) -> None:
+        for t in self._trackers:
+            _guard("attempt.begun", t.begun, info)
+
+    def step(self, info: StepInfo) -> StepTracker:
+        trackers = [_guard("attempt.step", t.step, info) for t in self._trackers]
+        return _FanoutStep([t for t in trackers if t is not None])
+
+    def replayed(self, info: ReplayInfo) -> None:
+        for t in self._trackers:
+            _guard("attempt.replayed", t.replayed, info)
+
+    def usage_recorded(self, info: UsageInfo) -> None:
+        for t in self._trackers:
+            _guard("attempt.usage_recorded", t.usage_recorded, info)
+
+    def finished(self, status: str, *, error: BaseException | None = None) -> None:
+        for t in self._trackers:
+            _guard("attempt.finished", t.finished, status, error=error)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for tracker in self._trackers:
+                cm = _guard("attempt.active", tracker.active)
+                if cm is not None:
+                    stack.enter_context(_SafeCM(cm))
+            yield
+
+
+def _start_attempt(observers: Sequence[RunObserver], info: AttemptInfo) -> AttemptTracker:
+    trackers = [_guard("observer.attempt", o.attempt, info) for o in observers]
+    return _FanoutAttempt([t for t in trackers if t is not None])

@@ -1,0 +1,161 @@
+"""The store interface the SDK talks to, with two implementations: Postgres (direct) and HTTP.
+
+Every write made on behalf of a run attempt carries the attempt's lease owner and is fenced by
+it in the database: a worker that lost the run writes nothing and gets `LeaseLost`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tidebase.hooks import SpanRef, UsageAmount
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """A step as the store knows it. `output` is the encoded JSON (present when completed)."""
+
+    id: str
+    name: str
+    status: str
+    input_hash: str
+    options: dict[str, Any] = field(default_factory=dict)
+    resume_decision: str | None = None
+    run_attempt: int | None = None
+    executed_by: SpanRef | None = None
+    output: Any = None
+    error: Any = None
+    usage: list[UsageAmount] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepRecord:
+        ref = None
+        if data.get("traceId") and data.get("spanId"):
+            ref = SpanRef(data["traceId"], data["spanId"])
+        usage = [
+            UsageAmount(
+                provider=u.get("provider"),
+                model=u.get("model"),
+                input_tokens=int(u.get("inputTokens") or 0),
+                output_tokens=int(u.get("outputTokens") or 0),
+                cost_usd=float(u.get("costUsd") or 0.0),
+            )
+            for u in data.get("usage") or []
+        ]
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            status=data["status"],
+            input_hash=data["inputHash"],
+            options=data.get("options") or {},
+            resume_decision=data.get("resumeDecision"),
+            run_attempt=data.get("runAttempt"),
+            executed_by=ref,
+            output=data.get("output"),
+            error=data.get("error"),
+            usage=usage,
+        )
+
+
+@dataclass(slots=True)
+class BeginResult:
+    """What beginning an attempt returns.
+
+    outcome: begun | completed | leased | cancelled | workflow_mismatch. `run` holds the run row
+    (snake_case keys); `steps` every step of the run when begun.
+    """
+
+    outcome: str
+    run: dict[str, Any]
+    steps: list[StepRecord] = field(default_factory=list)
+    previous: SpanRef | None = None
+
+
+@dataclass(slots=True)
+class StepWrite:
+    """Result of a step write. action: execute | completed | failed | return (already completed)."""
+
+    action: str
+    step: StepRecord
+
+
+@dataclass(frozen=True, slots=True)
+class StepKey:
+    """Identifies a step write: which run, under whose lease, which step and its input."""
+
+    run_id: str
+    owner: str
+    name: str
+    parent: str | None
+    input_hash: str
+    input: Any
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    key: str
+    step_name: str | None
+    kind: str = "custom"
+    provider: str | None = None
+    model: str | None = None
+    label: str | None = None
+    quantity: float | None = None
+    unit: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Store(Protocol):
+    """What the SDK needs from a store."""
+
+    url_for_display: str
+
+    async def begin_run(
+        self,
+        run_id: str,
+        workflow: str,
+        input: Any,
+        owner: str,
+        lease_ms: int,
+        *,
+        create: bool,
+        span: SpanRef | None,
+    ) -> BeginResult: ...
+
+    async def heartbeat(self, run_id: str, owner: str, lease_ms: int) -> None: ...
+
+    async def complete_run(self, run_id: str, owner: str, result: Any) -> None: ...
+
+    async def fail_run(
+        self, run_id: str, owner: str, error: dict[str, Any], failure_class: str | None
+    ) -> None: ...
+
+    async def start_step(self, key: StepKey, lease_ms: int) -> StepWrite: ...
+
+    async def complete_step(
+        self, key: StepKey, output: Any, span: SpanRef | None, lease_ms: int
+    ) -> StepWrite: ...
+
+    async def fail_step(
+        self,
+        key: StepKey,
+        error: dict[str, Any],
+        status: str,
+        resume_decision: str,
+        span: SpanRef | None,
+    ) -> StepWrite: ...
+
+    async def record_usage(self, run_id: str, owner: str, record: UsageRecord) -> bool: ...
+
+    async def write_state(
+        self, run_id: str, owner: str | None, value: Any, *, patch: bool, step: str | None
+    ) -> dict[str, Any]: ...
+
+    async def read_state(self, run_id: str) -> dict[str, Any] | None: ...
+
+    async def close(self) -> None: ...

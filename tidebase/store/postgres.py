@@ -1,0 +1,395 @@
+"""The Postgres store (direct mode): asyncpg, a connection pool, and the only place SQL lives.
+
+The checkpoint protocol runs as server-side functions (migrations/002), so each SDK operation
+is exactly one round trip; asyncpg prepares each statement once per connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from tidebase import migrate
+from tidebase.embedded import redact_url
+from tidebase.errors import (
+    InputMismatch,
+    LeaseLost,
+    RunCancelled,
+    RunNotFound,
+    StoreUnavailable,
+    TidebaseError,
+)
+from tidebase.hooks import SpanRef
+from tidebase.store.base import BeginResult, StepKey, StepRecord, StepWrite, UsageRecord
+
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+
+_BEGIN_RUN = "SELECT tidebase_begin_run($1, $2, $3, $4, $5, $6, $7, $8)"
+_START_STEP = "SELECT tidebase_start_step($1, $2, $3, $4, $5, $6, $7, $8)"
+_COMPLETE_STEP = "SELECT tidebase_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_FAIL_STEP = "SELECT tidebase_fail_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_RECORD_USAGE = (
+    "SELECT tidebase_record_usage($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+)
+_WRITE_STATE = "SELECT tidebase_write_state($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+
+_HEARTBEAT = """
+UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3 / 1000.0)
+ WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+RETURNING id"""
+
+_RUN_STATUS = "SELECT status, lease_owner, cancel_reason FROM runs WHERE id = $1"
+
+_FINISH_RUN = "SELECT tidebase_finish_run($1, $2, $3, $4, $5, $6)"
+
+_READ_STATE = "SELECT run_id, value, version, updated_at FROM run_state WHERE run_id = $1"
+
+_LIST_RUNS = """
+SELECT r.id, r.workflow_name, r.status, r.attempt, r.failure_class, r.created_at, r.updated_at,
+       (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status = 'completed') AS steps_done,
+       (SELECT count(*) FROM steps s WHERE s.run_id = r.id) AS steps_total,
+       (SELECT COALESCE(sum(total_tokens), 0) FROM usage_records u WHERE u.run_id = r.id) AS tokens,
+       (SELECT COALESCE(sum(cost_usd), 0) FROM usage_records u WHERE u.run_id = r.id) AS cost_usd
+  FROM runs r
+ WHERE ($1::text IS NULL OR r.status = $1) AND ($2::text IS NULL OR r.workflow_name = $2)
+ ORDER BY r.created_at DESC
+ LIMIT $3"""
+
+_RUN_ROW = "SELECT * FROM runs WHERE id = $1"
+_RUN_STEPS = "SELECT * FROM steps WHERE run_id = $1 ORDER BY created_at, name"
+_RUN_ATTEMPTS = "SELECT * FROM run_attempts WHERE run_id = $1 ORDER BY attempt"
+_RUN_USAGE = "SELECT * FROM usage_records WHERE run_id = $1 ORDER BY created_at"
+_RUN_EVENTS = "SELECT * FROM events WHERE run_id = $1 ORDER BY seq"
+
+_RESOLVE_STEP = """
+WITH step AS (
+    UPDATE steps
+       SET status = $3, output = $4, resume_decision = $5, error = NULL,
+           lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
+           completed_at = CASE WHEN $3 = 'completed' THEN now() ELSE completed_at END
+     WHERE run_id = $1 AND name = $2 AND status <> 'completed'
+    RETURNING id, name, status
+)
+SELECT step.id, step.status,
+       tidebase_append_event($1, 'step.resolved',
+           jsonb_build_object('stepId', step.id, 'name', step.name, 'status', step.status))
+  FROM step"""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("jsonb", "json"):
+        await conn.set_type_codec(
+            typename, encoder=_json, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
+def _detail(exc: asyncpg.PostgresError) -> dict[str, Any]:
+    try:
+        return json.loads(getattr(exc, "detail", None) or "{}")
+    except ValueError:
+        return {}
+
+
+def _translate(exc: asyncpg.PostgresError, run_id: str, step: str | None = None) -> Exception:
+    code = getattr(exc, "sqlstate", None)
+    if code == "TB404":
+        return RunNotFound(run_id)
+    if code == "TB410":
+        return RunCancelled(run_id, _detail(exc).get("reason"))
+    if code == "TB409":
+        d = _detail(exc)
+        return LeaseLost(
+            run_id, f": now {d.get('status')}, lease held by {d.get('leaseOwner')!r}"
+        )
+    if code == "TB422":
+        d = _detail(exc)
+        return InputMismatch(step or "?", d.get("expected", "?"), d.get("actual", "?"))
+    if code == "TB400":
+        return ValueError(str(exc))
+    return exc
+
+
+class PostgresStore:
+    """Direct mode: talks to Postgres through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str):
+        self._pool = pool
+        self.url_for_display = redact_url(url)
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, min_size: int = 2, max_size: int = 10, auto_migrate: bool = True
+    ) -> PostgresStore:
+        """Opens a pool (and applies pending migrations unless told not to)."""
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10
+            )
+        except _CONNECTION_ERRORS + (asyncpg.PostgresError,) as exc:
+            raise StoreUnavailable(
+                f"cannot connect to Postgres at {redact_url(url)}: {exc}"
+            ) from exc
+        store = cls(pool, url)
+        if auto_migrate:
+            async with pool.acquire() as conn:
+                await migrate.apply(conn)
+        return store
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, run_id: str = "", step: str | None = None) -> AsyncIterator[Any]:
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except asyncpg.PostgresError as exc:
+            translated = _translate(exc, run_id, step)
+            if translated is exc:
+                if isinstance(exc, _CONNECTION_ERRORS):
+                    raise StoreUnavailable(
+                        f"lost the connection to Postgres at {self.url_for_display}: {exc}"
+                    ) from exc
+                raise
+            raise translated from None
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(
+                f"lost the connection to Postgres at {self.url_for_display}: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def begin_run(
+        self,
+        run_id: str,
+        workflow: str,
+        input: Any,
+        owner: str,
+        lease_ms: int,
+        *,
+        create: bool,
+        span: SpanRef | None,
+    ) -> BeginResult:
+        async with self._conn(run_id) as conn:
+            data = await conn.fetchval(
+                _BEGIN_RUN,
+                run_id,
+                workflow,
+                input,
+                owner,
+                lease_ms,
+                create,
+                span.trace_id if span else None,
+                span.span_id if span else None,
+            )
+        previous = data.get("previous")
+        return BeginResult(
+            outcome=data["outcome"],
+            run=data["run"],
+            steps=[StepRecord.from_json(s) for s in data.get("steps") or []],
+            previous=SpanRef(previous["traceId"], previous["spanId"]) if previous else None,
+        )
+
+    async def heartbeat(self, run_id: str, owner: str, lease_ms: int) -> None:
+        async with self._conn(run_id) as conn:
+            if await conn.fetchval(_HEARTBEAT, run_id, owner, lease_ms):
+                return
+            row = await conn.fetchrow(_RUN_STATUS, run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        if row["status"] == "cancelled":
+            raise RunCancelled(run_id, row["cancel_reason"])
+        raise LeaseLost(run_id, f": now {row['status']}, lease held by {row['lease_owner']!r}")
+
+    async def _finish_run(
+        self,
+        run_id: str,
+        owner: str,
+        status: str,
+        result: Any,
+        error: Any,
+        failure_class: str | None,
+    ) -> None:
+        async with self._conn(run_id) as conn:
+            finished = await conn.fetchval(
+                _FINISH_RUN, run_id, owner, status, result, error, failure_class
+            )
+            if finished is not None:
+                return
+            row = await conn.fetchrow(_RUN_STATUS, run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        if row["status"] == "cancelled":
+            raise RunCancelled(run_id, row["cancel_reason"])
+        raise LeaseLost(run_id, f": now {row['status']}, lease held by {row['lease_owner']!r}")
+
+    async def complete_run(self, run_id: str, owner: str, result: Any) -> None:
+        await self._finish_run(run_id, owner, "completed", result, None, None)
+
+    async def fail_run(
+        self, run_id: str, owner: str, error: dict[str, Any], failure_class: str | None
+    ) -> None:
+        await self._finish_run(run_id, owner, "failed", None, error, failure_class)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    async def start_step(self, key: StepKey, lease_ms: int) -> StepWrite:
+        async with self._conn(key.run_id, key.name) as conn:
+            data = await conn.fetchval(
+                _START_STEP,
+                key.run_id,
+                key.owner,
+                key.name,
+                key.parent,
+                key.input_hash,
+                key.input,
+                key.options,
+                lease_ms,
+            )
+        return StepWrite(data["action"], StepRecord.from_json(data["step"]))
+
+    async def complete_step(
+        self, key: StepKey, output: Any, span: SpanRef | None, lease_ms: int
+    ) -> StepWrite:
+        async with self._conn(key.run_id, key.name) as conn:
+            data = await conn.fetchval(
+                _COMPLETE_STEP,
+                key.run_id,
+                key.owner,
+                key.name,
+                key.parent,
+                key.input_hash,
+                key.input,
+                key.options,
+                output,
+                span.trace_id if span else None,
+                span.span_id if span else None,
+                lease_ms,
+            )
+        return StepWrite(data["action"], StepRecord.from_json(data["step"]))
+
+    async def fail_step(
+        self,
+        key: StepKey,
+        error: dict[str, Any],
+        status: str,
+        resume_decision: str,
+        span: SpanRef | None,
+    ) -> StepWrite:
+        async with self._conn(key.run_id, key.name) as conn:
+            data = await conn.fetchval(
+                _FAIL_STEP,
+                key.run_id,
+                key.owner,
+                key.name,
+                key.parent,
+                key.input_hash,
+                key.input,
+                key.options,
+                error,
+                status,
+                resume_decision,
+                span.trace_id if span else None,
+                span.span_id if span else None,
+            )
+        return StepWrite(data["action"], StepRecord.from_json(data["step"]))
+
+    # -- usage and state -------------------------------------------------------------------
+
+    async def record_usage(self, run_id: str, owner: str, record: UsageRecord) -> bool:
+        async with self._conn(run_id) as conn:
+            data = await conn.fetchval(
+                _RECORD_USAGE,
+                run_id,
+                owner,
+                record.key,
+                record.step_name,
+                record.kind,
+                record.provider,
+                record.model,
+                record.label,
+                record.quantity,
+                record.unit,
+                record.input_tokens,
+                record.output_tokens,
+                record.total_tokens,
+                record.cost_usd,
+                record.metadata,
+            )
+        return bool(data["inserted"])
+
+    async def write_state(
+        self, run_id: str, owner: str | None, value: Any, *, patch: bool, step: str | None
+    ) -> dict[str, Any]:
+        async with self._conn(run_id) as conn:
+            return await conn.fetchval(
+                _WRITE_STATE, run_id, owner, value, patch, None, None, None, None, None, None, step
+            )
+
+    async def read_state(self, run_id: str) -> dict[str, Any] | None:
+        async with self._conn(run_id) as conn:
+            row = await conn.fetchrow(_READ_STATE, run_id)
+        return dict(row) if row else None
+
+    # -- inspection and operator actions (CLI) --------------------------------------------
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(_LIST_RUNS, status, workflow, limit)
+        return [dict(r) for r in rows]
+
+    async def run_detail(self, run_id: str) -> dict[str, Any]:
+        async with self._conn(run_id) as conn:
+            run = await conn.fetchrow(_RUN_ROW, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            steps = await conn.fetch(_RUN_STEPS, run_id)
+            attempts = await conn.fetch(_RUN_ATTEMPTS, run_id)
+            usage = await conn.fetch(_RUN_USAGE, run_id)
+            events = await conn.fetch(_RUN_EVENTS, run_id)
+            state = await conn.fetchrow(_READ_STATE, run_id)
+        return {
+            "run": dict(run),
+            "steps": [dict(s) for s in steps],
+            "attempts": [dict(a) for a in attempts],
+            "usage": [dict(u) for u in usage],
+            "events": [dict(e) for e in events],
+            "state": dict(state) if state else None,
+        }
+
+    async def resolve_step(
+        self, run_id: str, step: str, *, retry: bool = False, output: Any = None
+    ) -> dict[str, Any]:
+        """Operator action for a parked step: allow another execution, or record its output."""
+        if retry:
+            status, decision, value = "failed", "safe_replay", None
+        else:
+            status, decision, value = "completed", None, output
+        async with self._conn(run_id, step) as conn:
+            row = await conn.fetchrow(_RESOLVE_STEP, run_id, step, status, value, decision)
+        if row is None:
+            raise TidebaseError(
+                f"run {run_id!r} has no unfinished step named {step!r} to resolve"
+            )
+        return dict(row)
