@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+from asyncpg.exceptions._base import InternalClientError
 
 from tidebase import migrate
 from tidebase.embedded import redact_url
@@ -28,6 +29,7 @@ from tidebase.store.base import BeginResult, StepKey, StepRecord, StepWrite, Usa
 
 _CONNECTION_ERRORS = (
     OSError,
+    InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
@@ -57,9 +59,11 @@ _READ_STATE = "SELECT run_id, value, version, updated_at FROM run_state WHERE ru
 
 _LIST_RUNS = """
 SELECT r.id, r.workflow_name, r.status, r.attempt, r.failure_class, r.created_at, r.updated_at,
-       (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status = 'completed') AS steps_done,
+       (SELECT count(*) FROM steps s
+         WHERE s.run_id = r.id AND s.status = 'completed') AS steps_done,
        (SELECT count(*) FROM steps s WHERE s.run_id = r.id) AS steps_total,
-       (SELECT COALESCE(sum(total_tokens), 0) FROM usage_records u WHERE u.run_id = r.id) AS tokens,
+       (SELECT COALESCE(sum(total_tokens), 0)
+          FROM usage_records u WHERE u.run_id = r.id) AS tokens,
        (SELECT COALESCE(sum(cost_usd), 0) FROM usage_records u WHERE u.run_id = r.id) AS cost_usd
   FROM runs r
  WHERE ($1::text IS NULL OR r.status = $1) AND ($2::text IS NULL OR r.workflow_name = $2)
@@ -113,9 +117,7 @@ def _translate(exc: asyncpg.PostgresError, run_id: str, step: str | None = None)
         return RunCancelled(run_id, _detail(exc).get("reason"))
     if code == "TB409":
         d = _detail(exc)
-        return LeaseLost(
-            run_id, f": now {d.get('status')}, lease held by {d.get('leaseOwner')!r}"
-        )
+        return LeaseLost(run_id, f": now {d.get('status')}, lease held by {d.get('leaseOwner')!r}")
     if code == "TB422":
         d = _detail(exc)
         return InputMismatch(step or "?", d.get("expected", "?"), d.get("actual", "?"))
@@ -140,7 +142,7 @@ class PostgresStore:
             pool = await asyncpg.create_pool(
                 url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10
             )
-        except _CONNECTION_ERRORS + (asyncpg.PostgresError,) as exc:
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(
                 f"cannot connect to Postgres at {redact_url(url)}: {exc}"
             ) from exc
@@ -160,18 +162,42 @@ class PostgresStore:
             async with self._pool.acquire() as conn:
                 yield conn
         except asyncpg.PostgresError as exc:
-            translated = _translate(exc, run_id, step)
-            if translated is exc:
-                if isinstance(exc, _CONNECTION_ERRORS):
-                    raise StoreUnavailable(
-                        f"lost the connection to Postgres at {self.url_for_display}: {exc}"
-                    ) from exc
-                raise
-            raise translated from None
+            raise self._error(exc, run_id, step) from exc
         except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(
-                f"lost the connection to Postgres at {self.url_for_display}: {exc}"
-            ) from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"lost the connection to Postgres at {self.url_for_display}: {exc}")
+
+    def _error(self, exc: asyncpg.PostgresError, run_id: str, step: str | None) -> Exception:
+        translated = _translate(exc, run_id, step)
+        if translated is exc and isinstance(exc, _CONNECTION_ERRORS):
+            return self._unavailable(exc)
+        return translated
+
+    async def _fetchval(
+        self, sql: str, *args: Any, run_id: str, step: str | None = None, idempotent: bool
+    ) -> Any:
+        """One statement on a pooled connection.
+
+        An idempotent statement (fenced and ON CONFLICT-guarded, or read-only) is tried once
+        more on a fresh connection when its connection turns out dead, so a database restart
+        does not fail every worker's next step; anything else surfaces as StoreUnavailable.
+        """
+        for try_number in (1, 2):
+            try:
+                async with self._pool.acquire() as conn:
+                    return await conn.fetchval(sql, *args)
+            except asyncpg.PostgresError as exc:
+                error = self._error(exc, run_id, step)
+                if isinstance(error, StoreUnavailable) and idempotent and try_number == 1:
+                    continue
+                raise error from exc
+            except _CONNECTION_ERRORS as exc:
+                if idempotent and try_number == 1:
+                    continue
+                raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await self._pool.close()
@@ -189,18 +215,19 @@ class PostgresStore:
         create: bool,
         span: SpanRef | None,
     ) -> BeginResult:
-        async with self._conn(run_id) as conn:
-            data = await conn.fetchval(
-                _BEGIN_RUN,
-                run_id,
-                workflow,
-                input,
-                owner,
-                lease_ms,
-                create,
-                span.trace_id if span else None,
-                span.span_id if span else None,
-            )
+        data = await self._fetchval(
+            _BEGIN_RUN,
+            run_id,
+            workflow,
+            input,
+            owner,
+            lease_ms,
+            create,
+            span.trace_id if span else None,
+            span.span_id if span else None,
+            run_id=run_id,
+            idempotent=False,
+        )
         previous = data.get("previous")
         return BeginResult(
             outcome=data["outcome"],
@@ -253,38 +280,42 @@ class PostgresStore:
     # -- steps -----------------------------------------------------------------------------
 
     async def start_step(self, key: StepKey, lease_ms: int) -> StepWrite:
-        async with self._conn(key.run_id, key.name) as conn:
-            data = await conn.fetchval(
-                _START_STEP,
-                key.run_id,
-                key.owner,
-                key.name,
-                key.parent,
-                key.input_hash,
-                key.input,
-                key.options,
-                lease_ms,
-            )
+        data = await self._fetchval(
+            _START_STEP,
+            key.run_id,
+            key.owner,
+            key.name,
+            key.parent,
+            key.input_hash,
+            key.input,
+            key.options,
+            lease_ms,
+            run_id=key.run_id,
+            step=key.name,
+            idempotent=True,
+        )
         return StepWrite(data["action"], StepRecord.from_json(data["step"]))
 
     async def complete_step(
         self, key: StepKey, output: Any, span: SpanRef | None, lease_ms: int
     ) -> StepWrite:
-        async with self._conn(key.run_id, key.name) as conn:
-            data = await conn.fetchval(
-                _COMPLETE_STEP,
-                key.run_id,
-                key.owner,
-                key.name,
-                key.parent,
-                key.input_hash,
-                key.input,
-                key.options,
-                output,
-                span.trace_id if span else None,
-                span.span_id if span else None,
-                lease_ms,
-            )
+        data = await self._fetchval(
+            _COMPLETE_STEP,
+            key.run_id,
+            key.owner,
+            key.name,
+            key.parent,
+            key.input_hash,
+            key.input,
+            key.options,
+            output,
+            span.trace_id if span else None,
+            span.span_id if span else None,
+            lease_ms,
+            run_id=key.run_id,
+            step=key.name,
+            idempotent=True,
+        )
         return StepWrite(data["action"], StepRecord.from_json(data["step"]))
 
     async def fail_step(
@@ -295,46 +326,49 @@ class PostgresStore:
         resume_decision: str,
         span: SpanRef | None,
     ) -> StepWrite:
-        async with self._conn(key.run_id, key.name) as conn:
-            data = await conn.fetchval(
-                _FAIL_STEP,
-                key.run_id,
-                key.owner,
-                key.name,
-                key.parent,
-                key.input_hash,
-                key.input,
-                key.options,
-                error,
-                status,
-                resume_decision,
-                span.trace_id if span else None,
-                span.span_id if span else None,
-            )
+        data = await self._fetchval(
+            _FAIL_STEP,
+            key.run_id,
+            key.owner,
+            key.name,
+            key.parent,
+            key.input_hash,
+            key.input,
+            key.options,
+            error,
+            status,
+            resume_decision,
+            span.trace_id if span else None,
+            span.span_id if span else None,
+            run_id=key.run_id,
+            step=key.name,
+            idempotent=True,
+        )
         return StepWrite(data["action"], StepRecord.from_json(data["step"]))
 
     # -- usage and state -------------------------------------------------------------------
 
     async def record_usage(self, run_id: str, owner: str, record: UsageRecord) -> bool:
-        async with self._conn(run_id) as conn:
-            data = await conn.fetchval(
-                _RECORD_USAGE,
-                run_id,
-                owner,
-                record.key,
-                record.step_name,
-                record.kind,
-                record.provider,
-                record.model,
-                record.label,
-                record.quantity,
-                record.unit,
-                record.input_tokens,
-                record.output_tokens,
-                record.total_tokens,
-                record.cost_usd,
-                record.metadata,
-            )
+        data = await self._fetchval(
+            _RECORD_USAGE,
+            run_id,
+            owner,
+            record.key,
+            record.step_name,
+            record.kind,
+            record.provider,
+            record.model,
+            record.label,
+            record.quantity,
+            record.unit,
+            record.input_tokens,
+            record.output_tokens,
+            record.total_tokens,
+            record.cost_usd,
+            record.metadata,
+            run_id=run_id,
+            idempotent=True,
+        )
         return bool(data["inserted"])
 
     async def write_state(
@@ -389,7 +423,5 @@ class PostgresStore:
         async with self._conn(run_id, step) as conn:
             row = await conn.fetchrow(_RESOLVE_STEP, run_id, step, status, value, decision)
         if row is None:
-            raise TidebaseError(
-                f"run {run_id!r} has no unfinished step named {step!r} to resolve"
-            )
+            raise TidebaseError(f"run {run_id!r} has no unfinished step named {step!r} to resolve")
         return dict(row)

@@ -1,0 +1,393 @@
+"""Durable runs through the public API against real Postgres: replay, resume, the contract."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import new_run_id
+from tidebase import (
+    DuplicateStep,
+    InputMismatch,
+    SerializationError,
+    StepFailedPermanently,
+    StepNeedsReview,
+    WorkflowMismatch,
+)
+
+
+class Crash(Exception):
+    """Stands in for a process dying between steps."""
+
+
+async def test_completed_steps_replay_after_a_crash(tide):
+    run_id = new_run_id()
+    calls: list[str] = []
+
+    async def pipeline(run, input):
+        a = await run.step("a", lambda: calls.append("a") or {"n": input["n"]}, input=input)
+        if input.get("crash") and run.attempt == 1:
+            raise Crash("died after a")
+        b = await run.step("b", lambda: calls.append("b") or a["n"] + 1)
+        return {"a": a, "b": b}
+
+    with pytest.raises(Crash):
+        await tide.run("wf", pipeline, run_id=run_id, input={"n": 1, "crash": True})
+    result = await tide.run("wf", pipeline, run_id=run_id, input={"n": 1, "crash": True})
+    assert result == {"a": {"n": 1}, "b": 2}
+    assert calls == ["a", "b"]
+
+    # A completed run returns its stored result without calling the function.
+    async def never(run, input):
+        raise AssertionError("must not run")
+
+    assert await tide.run("wf", never, run_id=run_id) == result
+    detail = await tide.get_run(run_id)
+    assert detail["run"]["status"] == "completed"
+    assert detail["run"]["attempt"] == 2
+    assert [a["status"] for a in detail["attempts"]] == ["failed", "completed"]
+    seqs = [e["seq"] for e in detail["events"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_replay_costs_no_round_trips(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        return [await run.step(f"s{i}", lambda i=i: i) for i in range(20)]
+
+    with pytest.raises(Crash):
+
+        async def crashing(run, input):
+            await pipeline(run, input)
+            raise Crash()
+
+        await tide.run("wf", crashing, run_id=run_id)
+
+    store = await tide.store()
+    original = store.complete_step
+    writes = 0
+
+    async def counting(*args, **kwargs):
+        nonlocal writes
+        writes += 1
+        return await original(*args, **kwargs)
+
+    store.complete_step = counting
+    try:
+        assert await tide.run("wf", pipeline, run_id=run_id) == list(range(20))
+    finally:
+        store.complete_step = original
+    assert writes == 0
+
+
+async def test_changed_input_is_rejected_naming_both_hashes(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, input):
+        await run.step("research", lambda: "findings", input={"topic": input["topic"]})
+        if input.get("crash"):
+            raise Crash()
+
+    with pytest.raises(Crash):
+        await tide.run("wf", pipeline, run_id=run_id, input={"topic": "a", "crash": True})
+    with pytest.raises(InputMismatch) as info:
+        await tide.run("wf", pipeline, run_id=run_id, input={"topic": "b"})
+    message = str(info.value)
+    assert "'research'" in message
+    assert info.value.expected_hash in message and info.value.actual_hash in message
+    assert info.value.expected_hash != info.value.actual_hash
+    # nothing stored was lost
+    detail = await tide.get_run(run_id)
+    assert [s["status"] for s in detail["steps"]] == ["completed"]
+
+
+async def test_reused_step_name_in_one_attempt_is_an_error(tide):
+    async def pipeline(run, _):
+        await run.step("same", lambda: 1)
+        await run.step("same", lambda: 2)
+
+    with pytest.raises(DuplicateStep, match="'same'"):
+        await tide.run("wf", pipeline)
+
+
+async def test_unserializable_output_fails_at_record_time_naming_step_and_type(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        await run.step("ok", lambda: 1)
+        await run.step("bad", lambda: {"when": object()})
+
+    with pytest.raises(SerializationError) as info:
+        await tide.run("wf", pipeline, run_id=run_id)
+    assert "step 'bad'" in str(info.value) and "object" in str(info.value)
+    detail = await tide.get_run(run_id)
+    steps = {s["name"]: s for s in detail["steps"]}
+    assert steps["ok"]["status"] == "completed"
+    assert steps["bad"]["status"] == "failed"
+
+
+async def test_unserializable_input_is_rejected_before_running(tide):
+    ran = []
+
+    async def pipeline(run, _):
+        await run.step("s", lambda: ran.append(1), input={"x": object()})
+
+    with pytest.raises(SerializationError, match="input of step 's'"):
+        await tide.run("wf", pipeline)
+    assert ran == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"side_effects": "ticket.create"}, TypeError),
+        ({"side_effects": [1]}, TypeError),
+        ({"idempotency_key": 5}, TypeError),
+        ({"retries": -1}, ValueError),
+        ({"replay": "sometimes"}, ValueError),
+    ],
+)
+async def test_bad_step_options_name_the_step(tide, kwargs, error):
+    async def pipeline(run, _):
+        await run.step("bad-options", lambda: 1, **kwargs)
+
+    with pytest.raises(error, match="bad-options"):
+        await tide.run("wf", pipeline)
+
+
+async def test_bad_names(tide):
+    async def pipeline(run, _):
+        await run.step("", lambda: 1)
+
+    with pytest.raises(ValueError, match="step name"):
+        await tide.run("wf", pipeline)
+    with pytest.raises(ValueError, match="workflow name"):
+        await tide.run("", pipeline)
+
+
+async def test_run_id_of_another_workflow_is_refused(tide):
+    run_id = new_run_id()
+    await tide.run("one", lambda run, _: 1, run_id=run_id)
+    with pytest.raises(WorkflowMismatch, match="'one'"):
+        await tide.run("two", lambda run, _: 2, run_id=run_id)
+
+
+async def test_retries_with_backoff_then_success(tide):
+    tries = []
+
+    def flaky():
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionError("transient")
+        return "ok"
+
+    async def pipeline(run, _):
+        return await run.step("flaky", flaky, retries=3, retry_delay=0.01)
+
+    run_id = new_run_id()
+    assert await tide.run("wf", pipeline, run_id=run_id) == "ok"
+    assert len(tries) == 3
+    detail = await tide.get_run(run_id)
+    step = detail["steps"][0]
+    assert step["status"] == "completed"
+    failed_events = [e for e in detail["events"] if e["type"] == "step.failed"]
+    assert [e["payload"]["status"] for e in failed_events] == ["failed_retryable"] * 2
+
+
+async def test_safe_failure_reexecutes_on_reinvocation(tide):
+    run_id = new_run_id()
+    tries = []
+
+    def sometimes():
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError("first time fails")
+        return "second"
+
+    async def pipeline(run, _):
+        return await run.step("s", sometimes)
+
+    with pytest.raises(RuntimeError):
+        await tide.run("wf", pipeline, run_id=run_id)
+    detail = await tide.get_run(run_id)
+    assert detail["steps"][0]["status"] == "failed"
+    assert detail["steps"][0]["resume_decision"] == "safe_replay"
+    assert await tide.run("wf", pipeline, run_id=run_id) == "second"
+
+
+async def test_external_write_without_key_parks_in_manual_review(tide):
+    run_id = new_run_id()
+    calls = []
+
+    def create_ticket():
+        calls.append(1)
+        raise TimeoutError("did the ticket get created?")
+
+    async def pipeline(run, _):
+        return await run.step("ticket", create_ticket, side_effects=["ticket.create"])
+
+    with pytest.raises(TimeoutError) as info:
+        await tide.run("wf", pipeline, run_id=run_id)
+    assert "tidebase runs resolve" in "".join(info.value.__notes__)
+    detail = await tide.get_run(run_id)
+    assert detail["steps"][0]["status"] == "manual_review"
+    assert detail["run"]["status"] == "failed"
+
+    # Re-invocation does not run it again...
+    with pytest.raises(StepNeedsReview) as parked:
+        await tide.run("wf", pipeline, run_id=run_id)
+    assert f"tidebase runs resolve {run_id} ticket --retry" in str(parked.value)
+    assert calls == [1]
+    assert (await tide.get_run(run_id))["run"]["failure_class"] == "manual_review"
+
+    # ...until an operator records what happened.
+    store = await tide.store()
+    await store.resolve_step(run_id, "ticket", output={"ticket": "T-1"})
+    assert await tide.run("wf", pipeline, run_id=run_id) == {"ticket": "T-1"}
+    assert calls == [1]
+
+
+async def test_resolve_retry_allows_another_execution(tide):
+    run_id = new_run_id()
+    calls = []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no")
+        return "yes"
+
+    async def pipeline(run, _):
+        return await run.step("s", step, replay="manual")
+
+    with pytest.raises(RuntimeError):
+        await tide.run("wf", pipeline, run_id=run_id)
+    with pytest.raises(StepNeedsReview):
+        await tide.run("wf", pipeline, run_id=run_id)
+    await (await tide.store()).resolve_step(run_id, "s", retry=True)
+    assert await tide.run("wf", pipeline, run_id=run_id) == "yes"
+
+
+async def test_replay_never_fails_hard_and_is_not_reexecuted(tide):
+    run_id = new_run_id()
+    calls = []
+
+    async def pipeline(run, _):
+        return await run.step("s", lambda: calls.append(1) or 1 / 0, replay="never")
+
+    with pytest.raises(ZeroDivisionError):
+        await tide.run("wf", pipeline, run_id=run_id)
+    with pytest.raises(StepFailedPermanently):
+        await tide.run("wf", pipeline, run_id=run_id)
+    assert calls == [1]
+
+
+async def test_concurrent_steps_with_gather(tide):
+    run_id = new_run_id()
+    calls = []
+
+    async def work(i):
+        calls.append(i)
+        await asyncio.sleep(0.01)
+        return i * i
+
+    async def pipeline(run, input):
+        results = await asyncio.gather(
+            *(run.step(f"sq-{i}", lambda i=i: work(i), input=i) for i in range(10))
+        )
+        if input["crash"] and run.attempt == 1:
+            raise Crash()
+        return results
+
+    with pytest.raises(Crash):
+        await tide.run("wf", pipeline, run_id=run_id, input={"crash": True})
+    assert await tide.run("wf", pipeline, run_id=run_id) == [i * i for i in range(10)]
+    assert sorted(calls) == list(range(10))
+    detail = await tide.get_run(run_id)
+    seqs = [e["seq"] for e in detail["events"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_nested_steps_inner_side_effect_replays_when_outer_reexecutes(tide):
+    run_id = new_run_id()
+    tickets = []
+    outer_runs = []
+
+    async def pipeline(run, _):
+        async def agent_run():
+            outer_runs.append(1)
+            ticket = await run.step(
+                "create_ticket",
+                lambda: tickets.append("T") or {"id": f"T-{len(tickets)}"},
+                side_effects=["ticket.create"],
+                idempotency_key="ticket-1",
+            )
+            if len(outer_runs) == 1:
+                raise Crash("process died inside the agent run")
+            return {"answer": "done", "ticket": ticket}
+
+        return await run.step("agent", agent_run)
+
+    with pytest.raises(Crash):
+        await tide.run("wf", pipeline, run_id=run_id)
+    result = await tide.run("wf", pipeline, run_id=run_id)
+    assert result == {"answer": "done", "ticket": {"id": "T-1"}}
+    assert tickets == ["T"]
+    assert len(outer_runs) == 2
+    steps = {s["name"]: s for s in (await tide.get_run(run_id))["steps"]}
+    assert steps["create_ticket"]["parent_name"] == "agent"
+
+
+async def test_state_set_patch_get_and_history(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        await run.state_set({"phase": "research", "n": 1})
+        await run.state_patch({"phase": "draft"})
+        with pytest.raises(TypeError):
+            await run.state_patch(["not", "a", "dict"])
+        return await run.state_get()
+
+    assert await tide.run("wf", pipeline, run_id=run_id) == {"phase": "draft", "n": 1}
+    detail = await tide.get_run(run_id)
+    assert detail["state"]["version"] == 2
+
+
+async def test_usage_is_never_counted_twice(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, input):
+        async def research():
+            await run.usage_record(
+                provider="openai", model="gpt-4.1-mini", input_tokens=100, output_tokens=20,
+                cost_usd=0.001,
+            )
+            return "findings"
+
+        await run.step("research", research)
+        # outside a step: deterministic key per record, so re-running the function dedupes it
+        await run.usage_record(kind="search", quantity=1, unit="query", cost_usd=0.005)
+        if run.attempt == 1:
+            raise Crash()
+        return "ok"
+
+    with pytest.raises(Crash):
+        await tide.run("wf", pipeline, run_id=run_id)
+    assert await tide.run("wf", pipeline, run_id=run_id) == "ok"
+    usage = (await tide.get_run(run_id))["usage"]
+    assert len(usage) == 2
+    assert sum(u["total_tokens"] or 0 for u in usage) == 120
+    assert float(sum(u["cost_usd"] for u in usage)) == pytest.approx(0.006)
+
+
+async def test_usage_record_rejects_bad_values(tide):
+    async def pipeline(run, _):
+        with pytest.raises(ValueError, match="input_tokens"):
+            await run.usage_record(input_tokens=-1)
+        with pytest.raises(ValueError, match="cost_usd"):
+            await run.usage_record(cost_usd="cheap")
+        return "ok"
+
+    assert await tide.run("wf", pipeline) == "ok"
