@@ -36,9 +36,19 @@ def roundtrip(value):
 @pytest.mark.parametrize(
     "value",
     [
-        None, True, 3, 2.5, "text", [1, "a", None], {"a": {"b": [1, 2]}},
-        (1, 2), dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), dt.date(2026, 1, 2),
-        uuid.UUID(int=7), decimal.Decimal("1.10"), b"\x00\xff",
+        None,
+        True,
+        3,
+        2.5,
+        "text",
+        [1, "a", None],
+        {"a": {"b": [1, 2]}},
+        (1, 2),
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        dt.date(2026, 1, 2),
+        uuid.UUID(int=7),
+        decimal.Decimal("1.10"),
+        b"\x00\xff",
         {"__tidebase__": "looks like a tag"},
     ],
 )

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import new_run_id
+
 from tidebase import LeaseLost, RunLeased, StepNeedsReview
 
 WORKER = Path(__file__).with_name("_worker.py")

@@ -56,7 +56,7 @@ async def test_edited_applied_migration_is_detected(fresh_db_url, tmp_path):
 
 async def test_bad_file_names_are_refused(tmp_path):
     (tmp_path / "1-bad.sql").write_text("SELECT 1")
-    with pytest.raises(ValueError, match="NNN_name.sql"):
+    with pytest.raises(ValueError, match=r"NNN_name\.sql"):
         migrate.load_migrations(tmp_path)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from conftest import new_run_id
+
 from tidebase import (
     DuplicateStep,
     InputMismatch,
@@ -361,7 +361,10 @@ async def test_usage_is_never_counted_twice(tide):
     async def pipeline(run, input):
         async def research():
             await run.usage_record(
-                provider="openai", model="gpt-4.1-mini", input_tokens=100, output_tokens=20,
+                provider="openai",
+                model="gpt-4.1-mini",
+                input_tokens=100,
+                output_tokens=20,
                 cost_usd=0.001,
             )
             return "findings"

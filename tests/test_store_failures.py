@@ -7,8 +7,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from conftest import new_run_id
+
 from tidebase import AsyncTidebase, StoreUnavailable
 from tidebase.embedded import start_embedded
 

@@ -1,6 +1,6 @@
 """Tidebase: durable checkpoints for Python AI-agent pipelines, stored in your own Postgres.
 
-    from tidebase.aio import AsyncTidebase
+from tidebase.aio import AsyncTidebase
 """
 
 from tidebase.aio import AsyncTidebase, RunContext, RunStats, current_run, current_step_name

@@ -262,7 +262,7 @@ def encode_run_result(value: Any) -> dict[str, Any]:
         )
     try:
         agent = value.last_agent
-    except Exception:  # the SDK raises once the agent reference has been released
+    except Exception:  # noqa: BLE001 - the SDK raises once the agent reference has been released
         agent = None
     return {
         "format": FORMAT,

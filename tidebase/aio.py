@@ -229,8 +229,7 @@ class RunContext:
         replay: str | None,
     ) -> dict[str, Any]:
         if side_effects is not None and (
-            isinstance(side_effects, str)
-            or not all(isinstance(e, str) for e in side_effects)
+            isinstance(side_effects, str) or not all(isinstance(e, str) for e in side_effects)
         ):
             raise TypeError(
                 f"step {name!r}: side_effects must be a list of strings, got {side_effects!r}"
@@ -291,9 +290,7 @@ class RunContext:
                 "message": f"the worker died while the step was running (run attempt "
                 f"{known.run_attempt}); its side effects may or may not have happened",
             }
-            await self._store.fail_step(
-                key, error, STATUS_FOR_DECISION[decision], decision, None
-            )
+            await self._store.fail_step(key, error, STATUS_FOR_DECISION[decision], decision, None)
             if decision == "manual_review":
                 raise StepNeedsReview(
                     self.run_id,
@@ -355,7 +352,10 @@ class RunContext:
                 tracker.try_failed(try_number, exc, will_retry=not final)
                 if not final:
                     await self._store.fail_step(
-                        key, error_payload(exc), "failed_retryable", "auto_retry",
+                        key,
+                        error_payload(exc),
+                        "failed_retryable",
+                        "auto_retry",
                         tracker.span_ref,
                     )
                     delay = min(retry_delay * 2 ** (try_number - 1), _MAX_BACKOFF_S)
@@ -370,7 +370,9 @@ class RunContext:
                 except (StoreUnavailable, LeaseLost, RunCancelled) as write_error:
                     _log.warning("could not record failure of step %r: %s", info.name, write_error)
                 tracker.finished(
-                    status, error=exc, resume_decision=decision,
+                    status,
+                    error=exc,
+                    resume_decision=decision,
                     duration_s=time.perf_counter() - started,
                 )
                 if status == "manual_review":
@@ -409,7 +411,9 @@ class RunContext:
     async def _write_state(self, value: Any, *, patch: bool) -> dict[str, Any]:
         frame = _current_step.get()
         step = frame.name if frame is not None and frame.run is self else None
-        state = await self._store.write_state(self.run_id, self._owner, value, patch=patch, step=step)
+        state = await self._store.write_state(
+            self.run_id, self._owner, value, patch=patch, step=step
+        )
         return {**state, "value": codec.decode(state["value"])}
 
     async def state_get(self) -> Any:
@@ -451,12 +455,16 @@ class RunContext:
             if amount is not None and (
                 not isinstance(amount, int) or isinstance(amount, bool) or amount < 0
             ):
-                raise ValueError(f"usage_record: {field_name} must be an integer >= 0, got {amount!r}")
+                raise ValueError(
+                    f"usage_record: {field_name} must be an integer >= 0, got {amount!r}"
+                )
         for field_name, number in (("cost_usd", cost_usd), ("quantity", quantity)):
             if number is not None and (
                 not isinstance(number, (int, float)) or isinstance(number, bool) or number < 0
             ):
-                raise ValueError(f"usage_record: {field_name} must be a number >= 0, got {number!r}")
+                raise ValueError(
+                    f"usage_record: {field_name} must be a number >= 0, got {number!r}"
+                )
         frame = _current_step.get()
         in_step = frame is not None and frame.run is self
         if key is not None:
@@ -602,15 +610,22 @@ class AsyncTidebase:
         if run_id is None:
             run_id = f"run_{uuid.uuid4().hex}"
         _check_name("run id", run_id)
-        encoded_input = codec.encode(input, what=f"input of run {run_id!r}") if input is not None else None
+        encoded_input = (
+            codec.encode(input, what=f"input of run {run_id!r}") if input is not None else None
+        )
         store = await self.store()
         owner = _worker_id()
         info = AttemptInfo(run_id=run_id, workflow=workflow_name)
         tracker = _start_attempt([*global_observers(), *self._observers], info)
         try:
             begun = await store.begin_run(
-                run_id, workflow_name, encoded_input, owner, self.lease_ms,
-                create=True, span=tracker.span_ref,
+                run_id,
+                workflow_name,
+                encoded_input,
+                owner,
+                self.lease_ms,
+                create=True,
+                span=tracker.span_ref,
             )
         except BaseException as exc:
             tracker.finished("failed", error=exc)
@@ -634,7 +649,9 @@ class AsyncTidebase:
             steps=begun.steps,
             tracker=tracker,
         )
-        heartbeat = asyncio.create_task(self._heartbeat(store, ctx), name=f"tidebase-lease-{run_id}")
+        heartbeat = asyncio.create_task(
+            self._heartbeat(store, ctx), name=f"tidebase-lease-{run_id}"
+        )
         try:
             with tracker.active():
                 try:
@@ -650,7 +667,11 @@ class AsyncTidebase:
             heartbeat.cancel()
 
     def _not_begun(
-        self, outcome: str, run_row: dict[str, Any], run_id: str, workflow: str,
+        self,
+        outcome: str,
+        run_row: dict[str, Any],
+        run_id: str,
+        workflow: str,
         tracker: AttemptTracker,
     ) -> Any:
         if outcome == "completed":
@@ -673,7 +694,9 @@ class AsyncTidebase:
         self, store: Store, ctx: RunContext, exc: BaseException, tracker: AttemptTracker
     ) -> None:
         if isinstance(exc, (LeaseLost, RunCancelled)):
-            tracker.finished("cancelled" if isinstance(exc, RunCancelled) else "lease_lost", error=exc)
+            tracker.finished(
+                "cancelled" if isinstance(exc, RunCancelled) else "lease_lost", error=exc
+            )
             return
         if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
             # The process is going away: leave the run as it is so another attempt resumes it.

