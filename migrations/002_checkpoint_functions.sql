@@ -162,20 +162,29 @@ BEGIN
 END $$;
 
 -- Writes a step's checkpoint: one statement for a pure step (no start record needed).
+-- One UPDATE of the run row checks the lease, extends it and hands out the event seq.
 CREATE FUNCTION tidebase_complete_step(
     p_run_id text, p_owner text, p_name text, p_parent text, p_input_hash text, p_input jsonb,
     p_options jsonb, p_output jsonb, p_trace_id text, p_span_id text, p_lease_ms integer)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
-    r runs;
+    v_attempt integer;
+    v_seq bigint;
     s steps;
 BEGIN
-    r := tidebase_lock_leased_run(p_run_id, p_owner);
+    UPDATE runs SET event_seq = event_seq + 1, updated_at = now(),
+                    lease_expires_at = now() + make_interval(secs => p_lease_ms / 1000.0)
+     WHERE id = p_run_id AND lease_owner = p_owner AND status = 'running'
+    RETURNING attempt, event_seq INTO v_attempt, v_seq;
+    IF NOT FOUND THEN
+        PERFORM tidebase_lock_leased_run(p_run_id, p_owner);  -- raises the precise error
+        RAISE EXCEPTION 'lease on run % lost', p_run_id USING ERRCODE = 'TB409';
+    END IF;
     INSERT INTO steps (id, run_id, name, parent_name, input_hash, input, options, status, output,
                        attempt, run_attempt, trace_id, span_id, started_at, completed_at)
     VALUES ('step_' || replace(gen_random_uuid()::text, '-', ''), p_run_id, p_name, p_parent,
             p_input_hash, p_input, COALESCE(p_options, '{}'::jsonb), 'completed', p_output,
-            1, r.attempt, p_trace_id, p_span_id, now(), now())
+            1, v_attempt, p_trace_id, p_span_id, now(), now())
     ON CONFLICT (run_id, name) DO UPDATE
        SET status = 'completed', output = EXCLUDED.output, error = NULL, resume_decision = NULL,
            lease_owner = NULL, lease_expires_at = NULL,
@@ -191,14 +200,15 @@ BEGIN
             RAISE EXCEPTION 'input mismatch for step %', p_name USING ERRCODE = 'TB422',
                 DETAIL = json_build_object('expected', s.input_hash, 'actual', p_input_hash)::text;
         END IF;
-        -- Already completed (by this lease holder): keep the first checkpoint.
+        -- Completed already by this lease holder (e.g. a retried request): the first
+        -- checkpoint stands; the seq handed out above still gets its event (gap-free log).
+        INSERT INTO events (run_id, seq, type, payload) VALUES (p_run_id, v_seq,
+            'step.completion_ignored', jsonb_build_object('stepId', s.id, 'name', p_name));
         RETURN jsonb_build_object('action', 'return', 'step', tidebase_step_json(s, true));
     END IF;
-    PERFORM tidebase_append_event(p_run_id, 'step.completed',
+    INSERT INTO events (run_id, seq, type, payload) VALUES (p_run_id, v_seq, 'step.completed',
         jsonb_build_object('stepId', s.id, 'name', p_name, 'attempt', s.attempt));
-    -- Every fenced write also extends the lease.
-    UPDATE runs SET lease_expires_at = now() + make_interval(secs => p_lease_ms / 1000.0)
-     WHERE id = p_run_id;
+    PERFORM pg_notify('tidebase_events', p_run_id || ':' || v_seq);
     RETURN jsonb_build_object('action', 'completed', 'step', tidebase_step_json(s, false));
 END $$;
 
