@@ -43,7 +43,8 @@ END $$;
 CREATE FUNCTION tidebase_step_json(s steps, p_with_output boolean)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
-        'id', s.id, 'name', s.name, 'status', s.status, 'inputHash', s.input_hash,
+        'id', s.id, 'name', s.name, 'parentName', s.parent_name, 'status', s.status,
+        'inputHash', s.input_hash,
         'options', s.options, 'resumeDecision', s.resume_decision, 'attempt', s.attempt,
         'runAttempt', s.run_attempt, 'traceId', s.trace_id, 'spanId', s.span_id,
         'error', s.error,

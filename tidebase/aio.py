@@ -80,7 +80,19 @@ class _StepFrame:
     run: RunContext
     name: str
     try_number: int
+    parent: _StepFrame | None = None
     usage_seq: int = 0
+    # A control error (lost lease, cancellation, a parked nested step) raised by a nested step.
+    # Frameworks may swallow exceptions raised in tools (the Agents SDK reports them to the model
+    # and carries on), so the enclosing step re-raises it instead of completing.
+    poisoned: BaseException | None = None
+
+    def poison(self, error: BaseException) -> None:
+        frame: _StepFrame | None = self
+        while frame is not None:
+            if frame.poisoned is None:
+                frame.poisoned = error
+            frame = frame.parent
 
 
 _current_step: contextvars.ContextVar[_StepFrame | None] = contextvars.ContextVar(
@@ -150,6 +162,15 @@ class RunContext:
         self._owner = owner
         self._lease_ms = lease_ms
         self._steps = {s.name: s for s in steps}
+        self._parked_children: dict[str, StepRecord] = {
+            s.parent_name: s
+            for s in steps
+            if s.parent_name
+            and (
+                s.status == "manual_review"
+                or (s.status == "failed" and s.resume_decision == "fail_hard")
+            )
+        }
         self._used: set[str] = set()
         self._tracker = tracker
         self._usage_seq = 0
@@ -217,8 +238,20 @@ class RunContext:
             if known.status == "completed":
                 return self._replay(info, known)
             await self._check_resumable(key, info, known)
+        parked = self._parked_children.get(name)
+        if parked is not None:
+            # Re-executing this step would reach the parked nested step again (and, for an
+            # agent run, pay for the model again) only to stop there: stop now instead.
+            raise StepNeedsReview(
+                self.run_id, parked.name, f"it is parked, and step {name!r} encloses it"
+            )
 
-        return await self._execute(key, info, fn, retries, retry_delay)
+        try:
+            return await self._execute(key, info, fn, retries, retry_delay)
+        except _CONTROL_ERRORS as exc:
+            if parent is not None and parent.run is self:
+                parent.poison(exc)
+            raise
 
     def _options(
         self,
@@ -339,11 +372,19 @@ class RunContext:
         try_number = 0
         while True:
             try_number += 1
-            frame = _StepFrame(self, info.name, try_number)
+            enclosing = _current_step.get()
+            frame = _StepFrame(
+                self,
+                info.name,
+                try_number,
+                parent=enclosing if enclosing is not None and enclosing.run is self else None,
+            )
             token = _current_step.set(frame)
             try:
                 with tracker.running(try_number):
                     value = await _call(fn)
+                    if frame.poisoned is not None:
+                        raise frame.poisoned
                     encoded = codec.encode(value, what=f"output of step {info.name!r}")
             except _CONTROL_ERRORS:
                 raise
@@ -376,6 +417,10 @@ class RunContext:
                     duration_s=time.perf_counter() - started,
                 )
                 if status == "manual_review":
+                    if frame.parent is not None:
+                        frame.parent.poison(
+                            StepNeedsReview(self.run_id, info.name, f"it failed: {exc!r}")
+                        )
                     exc.add_note(
                         f"tidebase: step {info.name!r} is parked in manual review; resolve it "
                         f"with `tidebase runs resolve {self.run_id} {info.name} --retry` or "

@@ -27,6 +27,7 @@ class StepRecord:
     output: Any = None
     error: Any = None
     usage: list[UsageAmount] = field(default_factory=list)
+    parent_name: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepRecord:
@@ -55,6 +56,7 @@ class StepRecord:
             output=data.get("output"),
             error=data.get("error"),
             usage=usage,
+            parent_name=data.get("parentName"),
         )
 
 

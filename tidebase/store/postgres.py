@@ -202,10 +202,12 @@ class PostgresStore:
             except asyncpg.PostgresError as exc:
                 error = self._error(exc, run_id, step)
                 if isinstance(error, StoreUnavailable) and idempotent and try_number == 1:
+                    await self._pool.expire_connections()  # its siblings are likely dead too
                     continue
                 raise error from exc
             except _CONNECTION_ERRORS as exc:
                 if idempotent and try_number == 1:
+                    await self._pool.expire_connections()
                     continue
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
