@@ -197,3 +197,39 @@ async def test_lease_lost_error_type(tide, make_client, pg_url):
     go_on.set()
     with pytest.raises(LeaseLost):
         await task
+
+
+async def test_lease_is_renewed_while_a_long_step_runs(make_client):
+    """A step longer than the lease keeps the run: the heartbeat renews it in the background."""
+    run_id = new_run_id()
+    holder = make_client(lease_ms=1000)
+    entered = asyncio.Event()
+
+    async def long_step():
+        entered.set()
+        await asyncio.sleep(2.5)
+        return "done"
+
+    async def pipeline(run, _):
+        return await run.step("long", long_step)
+
+    task = asyncio.create_task(holder.run("wf", pipeline, run_id=run_id))
+    await entered.wait()
+    await asyncio.sleep(1.8)  # well past one lease length
+    with pytest.raises(RunLeased):
+        await make_client().run("wf", pipeline, run_id=run_id)
+    assert await task == "done"
+
+
+async def test_concurrent_usage_records_with_one_key_are_written_once(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        results = await asyncio.gather(
+            *(run.usage_record(key="invoice-7", input_tokens=10, cost_usd=0.5) for _ in range(20))
+        )
+        return sum(results)
+
+    assert await tide.run("wf", pipeline, run_id=run_id) == 1
+    usage = (await tide.get_run(run_id))["usage"]
+    assert len(usage) == 1
