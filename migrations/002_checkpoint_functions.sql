@@ -89,17 +89,26 @@ BEGIN
         RETURN jsonb_build_object('outcome', 'leased', 'run', to_jsonb(r));
     END IF;
 
-    UPDATE runs SET status = 'running', attempt = attempt + 1, lease_owner = p_owner,
-                    lease_expires_at = now() + make_interval(secs => p_lease_ms / 1000.0),
-                    error = NULL, failure_class = NULL, updated_at = now()
-     WHERE id = p_run_id RETURNING * INTO r;
-    -- An attempt that was still 'running' was abandoned (crash or lost lease).
-    UPDATE run_attempts SET status = 'abandoned', ended_at = now()
-     WHERE run_id = p_run_id AND status = 'running';
-    INSERT INTO run_attempts (run_id, attempt, lease_owner, trace_id, span_id)
-    VALUES (p_run_id, r.attempt, p_owner, p_trace_id, p_span_id);
-    PERFORM tidebase_append_event(p_run_id, 'run.started',
-        jsonb_build_object('attempt', r.attempt, 'leaseOwner', p_owner));
+    IF r.status = 'running' AND r.lease_owner = p_owner THEN
+        -- Already ours: a queue claim counted this attempt, or this is a retried request.
+        UPDATE runs SET lease_expires_at = now() + make_interval(secs => p_lease_ms / 1000.0),
+                        updated_at = now()
+         WHERE id = p_run_id RETURNING * INTO r;
+    ELSE
+        UPDATE runs SET status = 'running', attempt = attempt + 1, lease_owner = p_owner,
+                        lease_expires_at = now() + make_interval(secs => p_lease_ms / 1000.0),
+                        error = NULL, failure_class = NULL, updated_at = now()
+         WHERE id = p_run_id RETURNING * INTO r;
+        -- An attempt that was still 'running' was abandoned (crash or lost lease).
+        UPDATE run_attempts SET status = 'abandoned', ended_at = now()
+         WHERE run_id = p_run_id AND status = 'running';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM run_attempts WHERE run_id = p_run_id AND attempt = r.attempt) THEN
+        INSERT INTO run_attempts (run_id, attempt, lease_owner, trace_id, span_id)
+        VALUES (p_run_id, r.attempt, p_owner, p_trace_id, p_span_id);
+        PERFORM tidebase_append_event(p_run_id, 'run.started',
+            jsonb_build_object('attempt', r.attempt, 'leaseOwner', p_owner));
+    END IF;
 
     SELECT jsonb_build_object('traceId', a.trace_id, 'spanId', a.span_id) INTO v_prev
       FROM run_attempts a

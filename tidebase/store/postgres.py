@@ -239,7 +239,7 @@ class PostgresStore:
             span.trace_id if span else None,
             span.span_id if span else None,
             run_id=run_id,
-            idempotent=False,
+            idempotent=True  # same owner beginning again keeps its attempt,
         )
         previous = data.get("previous")
         return BeginResult(
