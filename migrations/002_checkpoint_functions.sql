@@ -81,6 +81,9 @@ BEGIN
     IF r.status = 'completed' THEN
         RETURN jsonb_build_object('outcome', 'completed', 'run', to_jsonb(r));
     END IF;
+    IF p_input IS NOT NULL AND r.input IS DISTINCT FROM p_input THEN
+        RETURN jsonb_build_object('outcome', 'input_mismatch', 'run', to_jsonb(r));
+    END IF;
     IF r.status = 'cancelled' THEN
         RETURN jsonb_build_object('outcome', 'cancelled', 'run', to_jsonb(r));
     END IF;
@@ -315,6 +318,7 @@ BEGIN
         PERFORM tidebase_lock_leased_run(p_run_id, p_owner);
     END IF;
     SELECT * INTO v_state FROM run_state WHERE run_id = p_run_id;
+    p_value := COALESCE(p_value, 'null'::jsonb);
     IF p_patch THEN
         IF jsonb_typeof(p_value) <> 'object' THEN
             RAISE EXCEPTION 'a state patch must be a JSON object' USING ERRCODE = 'TB400';
@@ -366,4 +370,41 @@ BEGIN
         CASE WHEN p_status = 'completed' THEN 'run.completed' ELSE 'run.failed' END,
         jsonb_build_object('attempt', r.attempt, 'failureClass', p_failure_class));
     RETURN to_jsonb(r);
+END $$;
+
+-- Operator action on a step that cannot go on by itself (parked in manual review, failed for
+-- good, or left running by a dead worker): let it execute again, or record its output.
+-- Refused while a live worker holds the run, so a real result is never overwritten.
+CREATE FUNCTION tidebase_resolve_step(
+    p_run_id text, p_name text, p_status text, p_output jsonb, p_resume_decision text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    r runs;
+    s steps;
+BEGIN
+    SELECT * INTO r FROM runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % not found', p_run_id USING ERRCODE = 'TB404';
+    END IF;
+    IF r.status = 'running' AND r.lease_expires_at > now() THEN
+        RAISE EXCEPTION 'run % is being executed by % (lease until %); resolve it once that '
+            'worker has stopped', p_run_id, r.lease_owner, r.lease_expires_at
+            USING ERRCODE = 'TB423';
+    END IF;
+    UPDATE steps
+       SET status = p_status, output = p_output, resume_decision = p_resume_decision,
+           error = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
+           completed_at = CASE WHEN p_status = 'completed' THEN now() ELSE completed_at END
+     WHERE run_id = p_run_id AND name = p_name
+       AND status IN ('manual_review', 'failed', 'failed_retryable', 'running')
+    RETURNING * INTO s;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % has no step named ''%'' waiting to be resolved (only parked, failed or '
+            'interrupted steps can be)', p_run_id, p_name USING ERRCODE = 'TB424';
+    END IF;
+    PERFORM tidebase_append_event(p_run_id, 'step.resolved',
+        jsonb_build_object('stepId', s.id, 'name', s.name, 'status', s.status,
+                           'resolution', CASE WHEN p_status = 'completed' THEN 'output'
+                                              ELSE 'retry' END));
+    RETURN jsonb_build_object('id', s.id, 'status', s.status);
 END $$;

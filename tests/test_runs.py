@@ -10,6 +10,7 @@ from conftest import new_run_id
 from tidebase import (
     DuplicateStep,
     InputMismatch,
+    RunInputMismatch,
     SerializationError,
     StepFailedPermanently,
     StepNeedsReview,
@@ -84,16 +85,18 @@ async def test_replay_costs_no_round_trips(tide):
 
 async def test_changed_input_is_rejected_naming_both_hashes(tide):
     run_id = new_run_id()
+    prompt = {"version": 1}
 
     async def pipeline(run, input):
-        await run.step("research", lambda: "findings", input={"topic": input["topic"]})
-        if input.get("crash"):
+        await run.step("research", lambda: "findings", input={"prompt": prompt["version"]})
+        if run.attempt == 1:
             raise Crash()
 
     with pytest.raises(Crash):
-        await tide.run("wf", pipeline, run_id=run_id, input={"topic": "a", "crash": True})
+        await tide.run("wf", pipeline, run_id=run_id, input={"topic": "a"})
+    prompt["version"] = 2  # e.g. the code changed between the crash and the resume
     with pytest.raises(InputMismatch) as info:
-        await tide.run("wf", pipeline, run_id=run_id, input={"topic": "b"})
+        await tide.run("wf", pipeline, run_id=run_id, input={"topic": "a"})
     message = str(info.value)
     assert "'research'" in message
     assert info.value.expected_hash in message and info.value.actual_hash in message
@@ -394,3 +397,19 @@ async def test_usage_record_rejects_bad_values(tide):
         return "ok"
 
     assert await tide.run("wf", pipeline) == "ok"
+
+
+async def test_resuming_with_another_run_input_is_refused(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, input):
+        await run.step("s", lambda: input["v"])
+        if run.attempt == 1:
+            raise Crash()
+        return input["v"]
+
+    with pytest.raises(Crash):
+        await tide.run("wf", pipeline, run_id=run_id, input={"v": 1})
+    with pytest.raises(RunInputMismatch, match=run_id):
+        await tide.run("wf", pipeline, run_id=run_id, input={"v": 2})
+    assert await tide.run("wf", pipeline, run_id=run_id) == 1  # None: the stored input

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import math
 import os
 import random
 import socket
@@ -35,6 +36,7 @@ from tidebase.errors import (
     InputMismatch,
     LeaseLost,
     RunCancelled,
+    RunInputMismatch,
     RunLeased,
     SerializationError,
     StepFailedPermanently,
@@ -100,15 +102,29 @@ _current_step: contextvars.ContextVar[_StepFrame | None] = contextvars.ContextVa
 )
 
 
-def _lease_ms_default() -> int:
-    raw = os.environ.get("TIDEBASE_LEASE_MS", "60000")
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"TIDEBASE_LEASE_MS must be an integer, got {raw!r}") from None
-    if value < 1000:
-        raise ConfigurationError(f"TIDEBASE_LEASE_MS must be at least 1000, got {value}")
+_MIN_LEASE_MS = 1000
+_MAX_LEASE_MS = 24 * 3600 * 1000
+
+
+def _check_lease_ms(value: Any, source: str) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip() or "60000")
+        except ValueError:
+            raise ConfigurationError(
+                f"{source} must be an integer (milliseconds), got {value!r}"
+            ) from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(f"{source} must be an integer (milliseconds), got {value!r}")
+    if not _MIN_LEASE_MS <= value <= _MAX_LEASE_MS:
+        raise ConfigurationError(
+            f"{source} must be between {_MIN_LEASE_MS} and {_MAX_LEASE_MS} ms, got {value}"
+        )
     return value
+
+
+def _lease_ms_default() -> int:
+    return _check_lease_ms(os.environ.get("TIDEBASE_LEASE_MS", "60000"), "TIDEBASE_LEASE_MS")
 
 
 def _worker_id() -> str:
@@ -116,11 +132,19 @@ def _worker_id() -> str:
 
 
 def _check_name(kind: str, name: Any) -> str:
+    """Names of steps, workflows and runs: non-empty text without control characters."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
+        raise ValueError(f"{kind} must be a non-empty string, got {name!r}")
     if len(name) > _MAX_NAME:
-        raise ValueError(f"{kind} name {name[:40]!r}... is longer than {_MAX_NAME} characters")
+        raise ValueError(f"{kind} {name[:40]!r}... is longer than {_MAX_NAME} characters")
+    if not name.isprintable():
+        raise ValueError(f"{kind} {name!r} contains control characters")
     return name
+
+
+def _check_text(field_name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.isprintable()):
+        raise ValueError(f"usage_record: {field_name} must be printable text, got {value!r}")
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -208,8 +232,8 @@ class RunContext:
         `idempotency_key` makes a failed or interrupted step wait for manual review instead of
         running again.
         """
-        _check_name("step", name)
-        options = self._options(name, side_effects, idempotency_key, retries, replay)
+        _check_name("step name", name)
+        options = self._options(name, side_effects, idempotency_key, retries, replay, retry_delay)
         if name in self._used:
             raise DuplicateStep(name)
         self._used.add(name)
@@ -260,9 +284,11 @@ class RunContext:
         idempotency_key: str | None,
         retries: int,
         replay: str | None,
+        retry_delay: float,
     ) -> dict[str, Any]:
         if side_effects is not None and (
-            isinstance(side_effects, str) or not all(isinstance(e, str) for e in side_effects)
+            not isinstance(side_effects, (list, tuple))
+            or not all(isinstance(e, str) for e in side_effects)
         ):
             raise TypeError(
                 f"step {name!r}: side_effects must be a list of strings, got {side_effects!r}"
@@ -272,8 +298,12 @@ class RunContext:
                 f"step {name!r}: idempotency_key must be a string, got "
                 f"{type(idempotency_key).__name__}"
             )
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ValueError(f"step {name!r}: retries must be an integer >= 0, got {retries!r}")
+        if not isinstance(retry_delay, (int, float)) or not 0 <= retry_delay <= 3600:
+            raise ValueError(
+                f"step {name!r}: retry_delay must be 0..3600 seconds, got {retry_delay!r}"
+            )
+        if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+            raise ValueError(f"step {name!r}: retries must be an integer 0..100, got {retries!r}")
         if replay is not None and replay not in REPLAY_MODES:
             raise ValueError(
                 f"step {name!r}: replay must be one of {sorted(REPLAY_MODES)}, got {replay!r}"
@@ -359,6 +389,21 @@ class RunContext:
             raise
         return value
 
+    async def _record_step_failure(
+        self, key: StepKey, exc: BaseException, status: str, decision: str, tracker: StepTracker
+    ) -> None:
+        """Records a failed try. Losing the run stops further tries; any other trouble writing
+        the record (and anything on the final try) is logged, so the caller sees the user's
+        own exception."""
+        try:
+            await self._store.fail_step(key, error_payload(exc), status, decision, tracker.span_ref)
+        except (LeaseLost, RunCancelled):
+            if status == "failed_retryable":
+                raise
+            _log.warning("could not record failure of step %r: the run was lost", key.name)
+        except Exception as write_error:  # noqa: BLE001
+            _log.warning("could not record failure of step %r: %s", key.name, write_error)
+
     async def _run_tries(
         self,
         key: StepKey,
@@ -392,24 +437,15 @@ class RunContext:
                 final = try_number > retries or isinstance(exc, SerializationError)
                 tracker.try_failed(try_number, exc, will_retry=not final)
                 if not final:
-                    await self._store.fail_step(
-                        key,
-                        error_payload(exc),
-                        "failed_retryable",
-                        "auto_retry",
-                        tracker.span_ref,
+                    await self._record_step_failure(
+                        key, exc, "failed_retryable", "auto_retry", tracker
                     )
                     delay = min(retry_delay * 2 ** (try_number - 1), _MAX_BACKOFF_S)
                     await asyncio.sleep(delay * (0.5 + random.random() / 2))
                     continue
                 decision = classify_resume_decision(key.options)
                 status = STATUS_FOR_DECISION[decision]
-                try:
-                    await self._store.fail_step(
-                        key, error_payload(exc), status, decision, tracker.span_ref
-                    )
-                except (StoreUnavailable, LeaseLost, RunCancelled) as write_error:
-                    _log.warning("could not record failure of step %r: %s", info.name, write_error)
+                await self._record_step_failure(key, exc, status, decision, tracker)
                 tracker.finished(
                     status,
                     error=exc,
@@ -498,18 +534,30 @@ class RunContext:
             ("total_tokens", total_tokens),
         ):
             if amount is not None and (
-                not isinstance(amount, int) or isinstance(amount, bool) or amount < 0
+                not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount < 2**63
             ):
                 raise ValueError(
                     f"usage_record: {field_name} must be an integer >= 0, got {amount!r}"
                 )
         for field_name, number in (("cost_usd", cost_usd), ("quantity", quantity)):
             if number is not None and (
-                not isinstance(number, (int, float)) or isinstance(number, bool) or number < 0
+                not isinstance(number, (int, float))
+                or isinstance(number, bool)
+                or not math.isfinite(number)
+                or not 0 <= number < 1e9
             ):
                 raise ValueError(
-                    f"usage_record: {field_name} must be a number >= 0, got {number!r}"
+                    f"usage_record: {field_name} must be a finite number >= 0, got {number!r}"
                 )
+        for field_name, text in (
+            ("kind", kind),
+            ("provider", provider),
+            ("model", model),
+            ("label", label),
+            ("unit", unit),
+            ("key", key),
+        ):
+            _check_text(field_name, text)
         frame = _current_step.get()
         in_step = frame is not None and frame.run is self
         if key is not None:
@@ -592,7 +640,9 @@ class AsyncTidebase:
                 f"TIDEBASE_URL must be a postgresql:// URL (direct mode) or an http(s):// URL "
                 f"(server mode), got {self.url.split('@')[-1]!r}"
             )
-        self.lease_ms = lease_ms if lease_ms is not None else _lease_ms_default()
+        self.lease_ms = (
+            _check_lease_ms(lease_ms, "lease_ms") if lease_ms is not None else _lease_ms_default()
+        )
         self._observers = list(observers)
         self._auto_migrate = auto_migrate
         self._store: Store | None = None
@@ -651,7 +701,7 @@ class AsyncTidebase:
         use their own ids, e.g. a job id). A completed run returns its stored result without
         calling `fn`. The user's exception is re-raised after the failure is recorded.
         """
-        _check_name("workflow", workflow_name)
+        _check_name("workflow name", workflow_name)
         if run_id is None:
             run_id = f"run_{uuid.uuid4().hex}"
         _check_name("run id", run_id)
@@ -728,6 +778,8 @@ class AsyncTidebase:
             )
         elif outcome == "cancelled":
             error = RunCancelled(run_id, run_row.get("cancel_reason"))
+        elif outcome == "input_mismatch":
+            error = RunInputMismatch(run_id)
         elif outcome == "workflow_mismatch":
             error = WorkflowMismatch(run_id, run_row.get("workflow_name", "?"), workflow)
         else:
@@ -744,13 +796,18 @@ class AsyncTidebase:
             )
             return
         if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-            # The process is going away: leave the run as it is so another attempt resumes it.
+            # Interrupted, not failed: release the lease so the next invocation can resume at
+            # once (the run stays as it is). Shielded: our own task is being cancelled.
+            try:
+                await asyncio.shield(store.release_run(ctx.run_id, ctx.lease_owner))
+            except BaseException as release_error:  # noqa: BLE001 - best effort on the way out
+                _log.warning("could not release run %r: %r", ctx.run_id, release_error)
             tracker.finished("interrupted", error=exc)
             return
         failure_class = "manual_review" if isinstance(exc, StepNeedsReview) else None
         try:
             await store.fail_run(ctx.run_id, ctx.lease_owner, error_payload(exc), failure_class)
-        except (StoreUnavailable, LeaseLost, RunCancelled) as write_error:
+        except Exception as write_error:  # noqa: BLE001 - the user's exception must surface
             _log.warning("could not record failure of run %r: %s", ctx.run_id, write_error)
         tracker.finished("failed", error=exc)
 

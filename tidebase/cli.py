@@ -83,8 +83,9 @@ async def _runs_list(args: argparse.Namespace) -> int:
     print(header)
     for r in runs:
         steps = f"{r['steps_done']}/{r['steps_total']}"
+        status = "parked" if r.get("failure_class") == "manual_review" else r["status"]
         print(
-            f"{r['id']:<38} {_short(r['workflow_name'], 20):<20} {r['status']:<10} "
+            f"{r['id']:<38} {_short(r['workflow_name'], 20):<20} {status:<10} "
             f"{r['attempt']:>3} {steps:>7} {int(r['tokens']):>8} {float(r['cost_usd']):>10.6f}  "
             f"{str(r['created_at'])[:19]}"
         )
@@ -212,6 +213,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_STATUSES = (
+    "pending",
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "manual_review",
+)
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidebase", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,9 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="runs_command", required=True
     )
     listing = runs.add_parser("list", help="recent runs with status, steps, tokens and cost")
-    listing.add_argument("--status")
+    listing.add_argument(
+        "--status", choices=RUN_STATUSES, help="manual_review lists failed runs parked on a step"
+    )
     listing.add_argument("--workflow")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_limit, default=50, help="1..1000 (default 50)")
     show = runs.add_parser("show", help="one run: attempts, steps, usage, state")
     show.add_argument("run_id")
     resolve = runs.add_parser("resolve", help="release a step parked in manual review")

@@ -68,6 +68,20 @@ def classify_resume_decision(options: Mapping[str, Any]) -> ResumeDecision:
     return "safe_replay"
 
 
+_MAX_MESSAGE = 4000
+
+
+def _storable_text(text: str) -> str:
+    """Text Postgres can hold: no NUL, no lone surrogates, capped in length."""
+    text = text.replace("\x00", "\\0")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
 def error_payload(error: BaseException) -> dict[str, str]:
     """How failures are stored: `{name, message}`, no stack (as Tidebase's Python SDK does)."""
-    return {"name": type(error).__name__, "message": str(error)}
+    try:
+        message = str(error)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure
+        message = f"<{type(error).__name__} with an unprintable message>"
+    return {"name": type(error).__name__, "message": _storable_text(message)}

@@ -61,6 +61,17 @@ class WorkflowMismatch(TidebaseError):
         )
 
 
+class RunInputMismatch(TidebaseError, ValueError):
+    """A run was resumed with an input other than the one it was created with."""
+
+    def __init__(self, run_id: str):
+        super().__init__(
+            f"run {run_id!r} was created with a different input; resume it with the same input "
+            "(or input=None to use the stored one), or start a new run"
+        )
+        self.run_id = run_id
+
+
 class InputMismatch(TidebaseError, ValueError):
     """A step name was reused with a different input: replaying would return a stale answer."""
 

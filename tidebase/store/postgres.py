@@ -14,13 +14,14 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions._base import InternalClientError
 
-from tidebase import migrate
+from tidebase import codec, migrate
 from tidebase.embedded import redact_url
 from tidebase.errors import (
     InputMismatch,
     LeaseLost,
     RunCancelled,
     RunNotFound,
+    SerializationError,
     StoreUnavailable,
     TidebaseError,
 )
@@ -55,6 +56,16 @@ _RUN_STATUS = "SELECT status, lease_owner, cancel_reason FROM runs WHERE id = $1
 
 _FINISH_RUN = "SELECT tidebase_finish_run($1, $2, $3, $4, $5, $6)"
 
+_RELEASE_RUN = """
+WITH run AS (
+    UPDATE runs SET lease_expires_at = now(), updated_at = now()
+     WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+    RETURNING id, attempt
+)
+UPDATE run_attempts a SET status = 'interrupted', ended_at = now()
+  FROM run WHERE a.run_id = run.id AND a.attempt = run.attempt
+RETURNING a.attempt"""
+
 _READ_STATE = "SELECT run_id, value, version, updated_at FROM run_state WHERE run_id = $1"
 
 _LIST_RUNS = """
@@ -66,7 +77,9 @@ SELECT r.id, r.workflow_name, r.status, r.attempt, r.failure_class, r.created_at
           FROM usage_records u WHERE u.run_id = r.id) AS tokens,
        (SELECT COALESCE(sum(cost_usd), 0) FROM usage_records u WHERE u.run_id = r.id) AS cost_usd
   FROM runs r
- WHERE ($1::text IS NULL OR r.status = $1) AND ($2::text IS NULL OR r.workflow_name = $2)
+ WHERE ($1::text IS NULL OR r.status = $1
+        OR ($1 = 'manual_review' AND r.failure_class = 'manual_review'))
+   AND ($2::text IS NULL OR r.workflow_name = $2)
  ORDER BY r.created_at DESC
  LIMIT $3"""
 
@@ -76,19 +89,7 @@ _RUN_ATTEMPTS = "SELECT * FROM run_attempts WHERE run_id = $1 ORDER BY attempt"
 _RUN_USAGE = "SELECT * FROM usage_records WHERE run_id = $1 ORDER BY created_at"
 _RUN_EVENTS = "SELECT * FROM events WHERE run_id = $1 ORDER BY seq"
 
-_RESOLVE_STEP = """
-WITH step AS (
-    UPDATE steps
-       SET status = $3, output = $4, resume_decision = $5, error = NULL,
-           lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
-           completed_at = CASE WHEN $3 = 'completed' THEN now() ELSE completed_at END
-     WHERE run_id = $1 AND name = $2 AND status <> 'completed'
-    RETURNING id, name, status
-)
-SELECT step.id, step.status,
-       tidebase_append_event($1, 'step.resolved',
-           jsonb_build_object('stepId', step.id, 'name', step.name, 'status', step.status))
-  FROM step"""
+_RESOLVE_STEP = "SELECT tidebase_resolve_step($1, $2, $3, $4, $5)"
 
 
 def _json(value: Any) -> str:
@@ -117,6 +118,9 @@ def _detail(exc: asyncpg.PostgresError) -> dict[str, Any]:
 
 def _translate(exc: asyncpg.PostgresError, run_id: str, step: str | None = None) -> Exception:
     code = getattr(exc, "sqlstate", None)
+    if isinstance(exc, asyncpg.DataError):
+        what = f"step {step!r} of run {run_id!r}" if step else f"run {run_id!r}"
+        return SerializationError(what, "", "value", f"the database refused it: {exc}")
     if code == "TB404":
         return RunNotFound(run_id)
     if code == "TB410":
@@ -127,6 +131,8 @@ def _translate(exc: asyncpg.PostgresError, run_id: str, step: str | None = None)
     if code == "TB422":
         d = _detail(exc)
         return InputMismatch(step or "?", d.get("expected", "?"), d.get("actual", "?"))
+    if code in ("TB423", "TB424"):
+        return TidebaseError(exc.args[0] if exc.args else str(exc))
     if code == "TB400":
         return ValueError(str(exc))
     return exc
@@ -239,7 +245,7 @@ class PostgresStore:
             span.trace_id if span else None,
             span.span_id if span else None,
             run_id=run_id,
-            idempotent=True  # same owner beginning again keeps its attempt,
+            idempotent=True,  # same owner beginning again keeps its attempt,
         )
         previous = data.get("previous")
         return BeginResult(
@@ -281,6 +287,10 @@ class PostgresStore:
         if row["status"] == "cancelled":
             raise RunCancelled(run_id, row["cancel_reason"])
         raise LeaseLost(run_id, f": now {row['status']}, lease held by {row['lease_owner']!r}")
+
+    async def release_run(self, run_id: str, owner: str) -> None:
+        """Gives up the lease of an interrupted attempt so the next invocation resumes at once."""
+        await self._fetchval(_RELEASE_RUN, run_id, owner, run_id=run_id, idempotent=True)
 
     async def complete_run(self, run_id: str, owner: str, result: Any) -> None:
         await self._finish_run(run_id, owner, "completed", result, None, None)
@@ -432,9 +442,8 @@ class PostgresStore:
         if retry:
             status, decision, value = "failed", "safe_replay", None
         else:
-            status, decision, value = "completed", None, output
-        async with self._conn(run_id, step) as conn:
-            row = await conn.fetchrow(_RESOLVE_STEP, run_id, step, status, value, decision)
-        if row is None:
-            raise TidebaseError(f"run {run_id!r} has no unfinished step named {step!r} to resolve")
-        return dict(row)
+            status, decision = "completed", None
+            value = codec.encode(output, what=f"resolved output of step {step!r}")
+        return await self._fetchval(
+            _RESOLVE_STEP, run_id, step, status, value, decision, run_id=run_id, idempotent=False
+        )

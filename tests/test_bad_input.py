@@ -1,0 +1,152 @@
+"""Bad input gets a clear error naming what was wrong, and loses nothing already stored."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import new_run_id
+
+from tidebase import AsyncTidebase, ConfigurationError, SerializationError, TidebaseError
+
+
+async def test_nul_characters_round_trip_in_outputs_state_and_errors(tide):
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        out = await run.step("nul", lambda: {"text": "a\x00b", "list": ["\x00"]})
+        await run.state_set({"x": "c\x00d"})
+        return out, await run.state_get()
+
+    assert await tide.run("wf", pipeline, run_id=run_id) == (
+        {"text": "a\x00b", "list": ["\x00"]},
+        {"x": "c\x00d"},
+    )
+
+    async def failing(run, _):
+        await run.step("boom", lambda: (_ for _ in ()).throw(ValueError("bad\x00byte")))
+
+    with pytest.raises(ValueError, match="bad\x00byte"):  # the user's own exception
+        await tide.run("wf2", failing, run_id=new_run_id())
+
+
+async def test_lone_surrogates_and_deep_values_name_the_step(tide):
+    async def surrogate(run, _):
+        await run.step("s1", lambda: {"t": "\ud800"})
+
+    with pytest.raises(SerializationError, match=r"step 's1'.*t.*surrogate"):
+        await tide.run("wf", surrogate)
+
+    cyclic: list = []
+    cyclic.append(cyclic)
+
+    async def deep(run, _):
+        await run.step("s2", lambda: cyclic)
+
+    with pytest.raises(SerializationError, match=r"step 's2'.*cycle"):
+        await tide.run("wf", deep)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"cost_usd": float("nan")}, "cost_usd"),
+        ({"cost_usd": float("inf")}, "cost_usd"),
+        ({"quantity": float("nan")}, "quantity"),
+        ({"input_tokens": 10**20}, "input_tokens"),
+        ({"kind": 5}, "kind"),
+        ({"label": "a\x00b"}, "label"),
+    ],
+)
+async def test_usage_record_validation(tide, kwargs, field):
+    async def pipeline(run, _):
+        await run.usage_record(**kwargs)
+
+    with pytest.raises(ValueError, match=field):
+        await tide.run("wf", pipeline)
+
+
+@pytest.mark.parametrize("lease_ms", [-1, 0, 50, True, "abc", 10**12])
+def test_lease_ms_is_validated(pg_url, lease_ms):
+    with pytest.raises(ConfigurationError, match="lease_ms"):
+        AsyncTidebase(pg_url, lease_ms=lease_ms)
+
+
+def test_lease_ms_env_is_validated(pg_url, monkeypatch):
+    monkeypatch.setenv("TIDEBASE_LEASE_MS", "99999999999999")
+    with pytest.raises(ConfigurationError, match="TIDEBASE_LEASE_MS"):
+        AsyncTidebase(pg_url)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "   ", "a\x00b", "tab\tname", "x" * 201, None, 5],
+)
+async def test_bad_step_names(tide, name):
+    async def pipeline(run, _):
+        await run.step(name, lambda: 1)
+
+    with pytest.raises(ValueError, match="step name"):
+        await tide.run("wf", pipeline)
+
+
+async def test_side_effects_must_be_a_list_of_strings(tide):
+    async def pipeline(run, _):
+        await run.step("s", lambda: 1, side_effects=True)
+
+    with pytest.raises(TypeError, match="step 's': side_effects"):
+        await tide.run("wf", pipeline)
+
+
+async def test_state_set_none_is_json_null(tide):
+    async def pipeline(run, _):
+        await run.state_set(None)
+        return await run.state_get()
+
+    assert await tide.run("wf", pipeline) is None
+
+
+async def test_cancelled_task_releases_the_lease(tide):
+    run_id = new_run_id()
+    entered = asyncio.Event()
+
+    async def pipeline(run, _):
+        await run.step("a", lambda: 1)
+        entered.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(tide.run("wf", pipeline, run_id=run_id))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def resumed(run, _):
+        await run.step("a", lambda: 1 / 0)  # replays
+        return "resumed at once"
+
+    assert await tide.run("wf", resumed, run_id=run_id) == "resumed at once"
+    attempts = (await tide.get_run(run_id))["attempts"]
+    assert [a["status"] for a in attempts] == ["interrupted", "completed"]
+
+
+async def test_resolve_is_refused_while_a_worker_holds_the_run(tide):
+    run_id = new_run_id()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def effect():
+        entered.set()
+        await release.wait()
+        return {"ticket": "real"}
+
+    async def pipeline(run, _):
+        return await run.step("a", effect, side_effects=["ticket.create"])
+
+    task = asyncio.create_task(tide.run("wf", pipeline, run_id=run_id))
+    await entered.wait()
+    store = await tide.store()
+    with pytest.raises(TidebaseError, match="being executed by"):
+        await store.resolve_step(run_id, "a", output={"ticket": "forced"})
+    release.set()
+    assert await task == {"ticket": "real"}
+    with pytest.raises(TidebaseError, match="no step named 'a' waiting"):
+        await store.resolve_step(run_id, "a", retry=True)
