@@ -139,3 +139,36 @@ async def test_parked_tool_step_stops_the_agent_step_even_if_the_sdk_swallows_er
     await (await tide.store()).resolve_step(run_id, "ticket", output={"id": "T-1"})
     assert await tide.run("wf", pipeline, run_id=run_id) == "Post written (the ticket tool failed)."
     assert len(attempts) == 1  # the resolved output replayed; the write never ran again
+
+
+async def test_a_tool_reusing_a_step_name_fails_the_agent_step_loudly(tide):
+    """The model calls a tool twice; the tool uses a fixed step name. The Agents SDK would
+    report the DuplicateStep to the model and carry on, silently skipping the second write."""
+    from tidebase import DuplicateStep
+    from tidebase.demo.offline_model import ToolCall, last_item_is_tool_output
+
+    def twice(request):
+        if not last_item_is_tool_output(request):
+            return [ToolCall("send_email", {"to": "a"}), ToolCall("send_email", {"to": "b"})]
+        return "sent"
+
+    sent = []
+
+    async def pipeline(run, _):
+        @agents.function_tool
+        async def send_email(to: str) -> str:
+            """Send an email."""
+            await run.step(
+                "send_email",
+                lambda: sent.append(to),
+                idempotency_key=to,
+                side_effects=["email.send"],
+            )
+            return "ok"
+
+        agent = agents.Agent(name="mailer", model=OfflineModel(twice), tools=[send_email])
+        return (await run.step("mail", lambda: agents.Runner.run(agent, "go"))).final_output
+
+    with pytest.raises(DuplicateStep, match="send_email"):
+        await tide.run("wf", pipeline)
+    assert len(sent) == 1

@@ -9,6 +9,7 @@ crash in the middle of the effect is visible and classified on the next attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -232,6 +233,43 @@ class RunContext:
         `idempotency_key` makes a failed or interrupted step wait for manual review instead of
         running again.
         """
+        parent = _current_step.get()
+        if parent is not None and parent.run is not self:
+            parent = None
+        try:
+            return await self._step(
+                name,
+                fn,
+                input,
+                side_effects,
+                idempotency_key,
+                retries,
+                replay,
+                retry_delay,
+                input_hash,
+                parent,
+            )
+        except (TidebaseError, ValueError, TypeError) as exc:
+            # Misuse and control errors raised inside a tool are swallowed by frameworks such
+            # as the Agents SDK (reported to the model): the enclosing step re-raises them.
+            # A user's own ValueError/TypeError from the step function is left alone.
+            if parent is not None and getattr(exc, "_tidebase_user_error", False) is False:
+                parent.poison(exc)
+            raise
+
+    async def _step(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        input: Any,
+        side_effects: Sequence[str] | None,
+        idempotency_key: str | None,
+        retries: int,
+        replay: str | None,
+        retry_delay: float,
+        input_hash: str | None,
+        parent: _StepFrame | None,
+    ) -> Any:
         _check_name("step name", name)
         options = self._options(name, side_effects, idempotency_key, retries, replay, retry_delay)
         if name in self._used:
@@ -240,7 +278,6 @@ class RunContext:
         self._check_alive()
         digest = input_hash or self._hash(name, input)
         stored_input = codec.encode(input, what=f"input of step {name!r}")
-        parent = _current_step.get()
         info = StepInfo(
             run_id=self.run_id,
             workflow=self.workflow,
@@ -251,7 +288,7 @@ class RunContext:
             idempotency_key=idempotency_key,
             replay=replay,
             retries=retries,
-            parent=parent.name if parent is not None and parent.run is self else None,
+            parent=parent.name if parent is not None else None,
         )
         key = StepKey(self.run_id, self._owner, name, info.parent, digest, stored_input, options)
 
@@ -270,12 +307,7 @@ class RunContext:
                 self.run_id, parked.name, f"it is parked, and step {name!r} encloses it"
             )
 
-        try:
-            return await self._execute(key, info, fn, retries, retry_delay)
-        except _CONTROL_ERRORS as exc:
-            if parent is not None and parent.run is self:
-                parent.poison(exc)
-            raise
+        return await self._execute(key, info, fn, retries, retry_delay)
 
     def _options(
         self,
@@ -462,6 +494,9 @@ class RunContext:
                         f"with `tidebase runs resolve {self.run_id} {info.name} --retry` or "
                         "`--output JSON`"
                     )
+                if not isinstance(exc, TidebaseError):
+                    with contextlib.suppress(AttributeError, TypeError):
+                        exc._tidebase_user_error = True  # type: ignore[attr-defined]
                 raise
             finally:
                 _current_step.reset(token)
