@@ -458,11 +458,15 @@ class RunContext:
             )
             token = _current_step.set(frame)
             try:
-                with tracker.running(try_number):
-                    value = await _call(fn)
-                    if frame.poisoned is not None:
-                        raise frame.poisoned
-                    encoded = codec.encode(value, what=f"output of step {info.name!r}")
+                try:
+                    with tracker.running(try_number):
+                        value = await _call(fn)
+                        if frame.poisoned is not None:
+                            raise frame.poisoned
+                        encoded = codec.encode(value, what=f"output of step {info.name!r}")
+                finally:
+                    # Observers finish async work of this try (e.g. usage writes) under the lease.
+                    await tracker.settle(try_number)
             except _CONTROL_ERRORS:
                 raise
             except Exception as exc:

@@ -104,6 +104,12 @@ class StepTracker:
         """Wraps one call of the step function (the first try is 1)."""
         yield
 
+    async def settle(self, try_number: int) -> None:
+        """Awaited after each call of the step function (returned or raised), before its
+        checkpoint or failure is written: async work that belongs to the try and must land
+        under the run's lease goes here (tidebase_otel writes Agents SDK usage to the ledger).
+        Keep it short; it delays the step."""
+
     def try_failed(self, try_number: int, error: BaseException, will_retry: bool) -> None:
         """A try raised; `will_retry` says whether another try follows."""
 
@@ -193,6 +199,13 @@ class _FanoutStep(StepTracker):
                 if cm is not None:
                     _guard("step.running.enter", stack.enter_context, _SafeCM(cm))
             yield
+
+    async def settle(self, try_number: int) -> None:
+        for t in self._trackers:
+            try:
+                await t.settle(try_number)
+            except Exception:  # noqa: BLE001 - telemetry must never fail a run
+                _log.warning("tidebase observer hook step.settle failed", exc_info=True)
 
     def try_failed(self, try_number: int, error: BaseException, will_retry: bool) -> None:
         for t in self._trackers:

@@ -87,6 +87,35 @@ TIDEBASE_STEP_INPUT_HASH: Final = "tidebase.step.input_hash"
 TIDEBASE_STEP_SIDE_EFFECTS: Final = "tidebase.step.side_effects"
 TIDEBASE_STEP_IDEMPOTENCY_KEY: Final = "tidebase.step.idempotency_key"
 TIDEBASE_STEP_RESUME_DECISION: Final = "tidebase.step.resume_decision"
+TIDEBASE_RUN_STATUS: Final = "tidebase.run.status"
+TIDEBASE_STEP_PARENT: Final = "tidebase.step.parent"  # name of the enclosing step, if nested
+TIDEBASE_STEP_REPLAY_MODE: Final = "tidebase.step.replay_mode"  # the step's `replay=` option
+TIDEBASE_STEP_MAX_RETRIES: Final = "tidebase.step.max_retries"  # the step's `retries=` option
+TIDEBASE_STEP_TRIES: Final = "tidebase.step.tries"  # calls of the step function this attempt
+TIDEBASE_STEP_TRY: Final = "tidebase.step.try"  # on an exception event: which try raised
+TIDEBASE_STEP_WILL_RETRY: Final = "tidebase.step.will_retry"  # on an exception event
+# On a replayed step span: the usage recorded when the step really executed.
+TIDEBASE_REPLAY_INPUT_TOKENS_AVOIDED: Final = "tidebase.replay.input_tokens_avoided"
+TIDEBASE_REPLAY_OUTPUT_TOKENS_AVOIDED: Final = "tidebase.replay.output_tokens_avoided"
+TIDEBASE_REPLAY_COST_AVOIDED_USD: Final = "tidebase.replay.cost_avoided_usd"
+# On links: why the link exists.
+TIDEBASE_LINK_TYPE: Final = "tidebase.link.type"
+LINK_EXECUTED_BY: Final = "executed_by"  # replayed step -> span that executed it
+LINK_PREVIOUS_ATTEMPT: Final = "previous_attempt"  # run span -> previous attempt's run span
+# Metric attribute: the usage record's kind (llm, embedding, search, ...; set in code).
+TIDEBASE_USAGE_KIND: Final = "tidebase.usage.kind"
+
+# Values of tidebase.step.outcome that tidebase itself does not report through a tracker.
+OUTCOME_COMPLETED: Final = "completed"
+OUTCOME_REPLAYED: Final = "replayed"
+OUTCOME_RETRIED: Final = "retried"  # metric only: a try failed and the step is tried again
+OUTCOME_INTERRUPTED: Final = "interrupted"  # the attempt ended while the step was running
+OUTCOME_MANUAL_REVIEW: Final = "manual_review"
+OUTCOME_FAILED: Final = "failed"
+RESUME_MANUAL_REVIEW: Final = "manual_review"
+RESUME_FAIL_HARD: Final = "fail_hard"
+# Run statuses that are not failures (anything else ends the run span with ERROR status).
+RUN_STATUSES_OK: Final = frozenset(("completed", "already_completed"))
 
 # --------------------------------------------------------------------------------------------
 # Agents SDK attributes without a GenAI convention (tidebase.agents.*)
@@ -161,3 +190,38 @@ METRIC_TIDEBASE_STEPS: Final = "tidebase.steps"
 METRIC_TIDEBASE_RUNS: Final = "tidebase.runs"
 METRIC_TIDEBASE_STEP_DURATION: Final = "tidebase.step.duration"
 METRIC_TIDEBASE_REPLAY_COST_AVOIDED: Final = "tidebase.replay.cost_avoided"
+METRIC_TIDEBASE_REPLAY_TOKENS_AVOIDED: Final = "tidebase.replay.tokens_avoided"
+
+# Bucket boundaries advised by the GenAI conventions for gen_ai.client.token.usage.
+TOKEN_USAGE_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+# Step durations range from microseconds (a replay-free pure step) to many minutes (agents).
+STEP_DURATION_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0, 600.0, 1800.0,
+)  # fmt: skip
+
+# gen_ai.operation.name for a ledger record, by its `kind` (records of other kinds that carry
+# tokens use their kind as the operation name).
+OPERATION_FOR_USAGE_KIND: Final = {
+    "llm": OP_CHAT,
+    "chat": OP_CHAT,
+    "embedding": "embeddings",
+    "embeddings": "embeddings",
+}
+# gen_ai.provider.name / gen_ai.request.model when a ledger record names none.
+UNKNOWN_VALUE: Final = "unknown"
+
+# --------------------------------------------------------------------------------------------
+# Usage ledger records written by record_agents_usage=True
+# --------------------------------------------------------------------------------------------
+LEDGER_KIND_LLM: Final = "llm"
+LEDGER_LABEL_AGENTS: Final = "openai-agents"
+LEDGER_KEY_AGENTS: Final = "agents:{trace_id}:{span_id}"  # idempotency key per model call
+
+# --------------------------------------------------------------------------------------------
+# Tidebase environment variables
+# --------------------------------------------------------------------------------------------
+ENV_PRICES: Final = "TIDEBASE_PRICES"  # JSON price table, see tidebase_otel.prices
+ENV_RECORD_AGENTS_USAGE: Final = "TIDEBASE_OTEL_RECORD_AGENTS_USAGE"  # true/false

@@ -133,6 +133,7 @@ class _SpanState:
         "model",
         "otel_span",
         "trace_id",
+        "usage",
     )
 
     def __init__(
@@ -150,6 +151,7 @@ class _SpanState:
         self.agent_name = agent_name
         self.agent_state = agent_state  # nearest enclosing agent span (self for agent spans)
         self.model: str | None = None  # agent spans: model learned from child model spans
+        self.usage: AgentsUsage | None = None  # model spans: set at span end
 
     def context_for_children(self) -> otel_context.Context:
         ctx = self.child_context
@@ -304,7 +306,10 @@ class OTelAgentsProcessor(TracingProcessor):
         self._tracer = otel_trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._capture = _env_capture_content() if capture_content is None else bool(capture_content)
         self._max_chars = max(0, int(max_content_chars))
-        self._on_usage = on_usage
+        # Listeners are replaced, never mutated, so callbacks iterate without the lock.
+        self._usage_listeners: tuple[Callable[[AgentsUsage], Any], ...] = (
+            (on_usage,) if on_usage is not None else ()
+        )
         self._provider = provider_name
         self._max_open_spans = max(1, int(max_open_spans))
         self._max_traces = max(1, int(max_traces))
@@ -316,6 +321,48 @@ class OTelAgentsProcessor(TracingProcessor):
     @property
     def capture_content(self) -> bool:
         return self._capture
+
+    def add_usage_listener(self, listener: Callable[[AgentsUsage], Any]) -> None:
+        """Also call ``listener`` with the usage of every model call (like ``on_usage``)."""
+        with self._lock:
+            if listener not in self._usage_listeners:
+                self._usage_listeners = (*self._usage_listeners, listener)
+
+    def remove_usage_listener(self, listener: Callable[[AgentsUsage], Any]) -> None:
+        with self._lock:
+            self._usage_listeners = tuple(u for u in self._usage_listeners if u != listener)
+
+    def context_for_current_span(
+        self, context: otel_context.Context | None = None, *, under: int | None = None
+    ) -> otel_context.Context | None:
+        """``context`` (default: the current one) with our mirror of the SDK's current Agents
+        span as its current span.
+
+        Used to parent work done inside an Agents span (a tidebase step inside a tool) under
+        that span, e.g. ``execute_tool create_ticket``. Returns None unless the Agents trace of
+        that span began under the OTel span whose span id is ``under`` (default: the span
+        current in ``context``), so an unrelated Agents span never captures other work.
+        """
+        try:
+            from agents.tracing import get_current_span as current_agents_span
+
+            agents_span = current_agents_span()
+            if agents_span is None:
+                return None
+            with self._lock:
+                state = self._spans.get(agents_span.span_id)
+            if state is None:
+                return None
+            ctx = otel_context.get_current() if context is None else context
+            if under is None:
+                under = otel_trace.get_current_span(ctx).get_span_context().span_id
+            base = otel_trace.get_current_span(state.base_context).get_span_context()
+            if not base.is_valid or base.span_id != under:
+                return None
+            return otel_trace.set_span_in_context(state.otel_span, ctx)
+        except Exception:
+            _log.debug("tidebase_otel: context_for_current_span failed", exc_info=True)
+            return None
 
     def _sizes(self) -> tuple[int, int]:
         """(open traces, open spans) held in memory; for tests and diagnostics."""
@@ -477,10 +524,19 @@ class OTelAgentsProcessor(TracingProcessor):
             if state is None:
                 return
             self._release_trace(state.trace_id)
+        try:
+            self._finish_otel_span(span, state)
+        finally:
+            # Usage reaches the listeners (e.g. the usage ledger) even when the OTel side
+            # failed, say a span processor of the TracerProvider raised in on_end.
+            if state.usage is not None:
+                self._notify_usage(state.usage)
+
+    def _finish_otel_span(self, span: Any, state: _SpanState) -> None:
         otel_span = state.otel_span
         data = span.span_data
         out: dict[str, Any] = {}
-        usage_event = self._end_fields(data, state, span, out)
+        state.usage = self._end_fields(data, state, span, out)
 
         error = span.error
         if error:
@@ -498,9 +554,10 @@ class OTelAgentsProcessor(TracingProcessor):
             otel_span.set_attributes(out)
         otel_span.end(end_time=_iso_to_ns(span.ended_at) or time.time_ns())
 
-        if usage_event is not None and self._on_usage is not None:
+    def _notify_usage(self, usage: AgentsUsage) -> None:
+        for listener in self._usage_listeners:
             try:
-                self._on_usage(usage_event)
+                listener(usage)
             except Exception:
                 _log.warning("tidebase_otel: on_usage callback raised", exc_info=True)
 

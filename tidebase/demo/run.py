@@ -58,6 +58,14 @@ async def run_demo(topic: str, *, crash: bool = True) -> int:
     ]
     if crash:
         child.append("--crash-after-ticket")
+    telemetry_files = _telemetry_files(run_id)
+    if telemetry_files is not None:
+        child += [
+            "--spans-file",
+            str(telemetry_files[0]),
+            "--metrics-file",
+            str(telemetry_files[1]),
+        ]
     process = await asyncio.create_subprocess_exec(*child, env=env)
     code = await process.wait()
     if code == -9:
@@ -70,6 +78,7 @@ async def run_demo(topic: str, *, crash: bool = True) -> int:
         return 1
 
     tide = AsyncTidebase(url, lease_ms=DEMO_LEASE_MS, observers=[ProgressObserver()])
+    telemetry = _start_telemetry() if telemetry_files is not None else None
     try:
         if crash:
             await _show_checkpoints(tide, run_id)
@@ -78,9 +87,48 @@ async def run_demo(topic: str, *, crash: bool = True) -> int:
         pipeline = build_pipeline(fresh, tickets)
         post = await _run_when_lease_free(tide, pipeline, run_id, topic)
         await _summary(tide, run_id, fresh, tickets, post)
+        if telemetry is not None and telemetry_files is not None:
+            await _show_telemetry(tide, run_id, telemetry, *telemetry_files)
     finally:
         await tide.close()
+        if telemetry is not None:
+            telemetry.close()
     return 0
+
+
+def _telemetry_files(run_id: str) -> tuple[Path, Path] | None:
+    """Where the worker writes its spans and metric totals; None without the OTel SDK."""
+    try:
+        import tidebase.demo.trace_tree  # noqa: F401
+    except ImportError:
+        print("(install tidebase[otel] to see the OpenTelemetry traces and metrics)")
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="tidebase-demo-telemetry-"))
+    return folder / f"spans-{run_id}.jsonl", folder / f"metrics-{run_id}.json"
+
+
+def _start_telemetry() -> Any:
+    from tidebase.demo.trace_tree import DemoTelemetry
+
+    return DemoTelemetry(f"demo pid {os.getpid()}")
+
+
+async def _show_telemetry(
+    tide: AsyncTidebase, run_id: str, telemetry: Any, spans_file: Path, metrics_file: Path
+) -> None:
+    from tidebase.demo.trace_tree import add_totals, read_spans, read_totals, render_report
+
+    telemetry.flush()
+    detail = await tide.get_run(run_id)
+    lines = render_report(
+        detail["attempts"],
+        read_spans(spans_file) + telemetry.spans(),
+        add_totals(read_totals(metrics_file), telemetry.totals()),
+        detail["usage"],
+        WORKFLOW,
+        telemetry.otlp_endpoint,
+    )
+    print("\n".join(lines))
 
 
 async def _run_when_lease_free(tide: AsyncTidebase, pipeline: Any, run_id: str, topic: str) -> str:

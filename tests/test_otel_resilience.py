@@ -1,0 +1,184 @@
+"""Telemetry never hurts a run: a dead collector, a full export queue and span processors that
+raise leave runs finishing at their normal speed, with no telemetry error reaching user code."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import agents
+import pytest
+from agents import Agent, Runner, function_tool
+from conftest import new_run_id
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import tidebase_otel
+from tidebase.demo.offline_model import OfflineModel, ToolCall
+
+STEPS = 30
+
+
+@function_tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def workload(tide) -> float:
+    """A run of STEPS pure steps and one agent step; returns its duration in seconds."""
+
+    async def pipeline(run, _):
+        total = 0
+        for i in range(STEPS):
+            total += await run.step(f"s{i}", lambda i=i: i)
+        agent = Agent(name="calc", model=OfflineModel([ToolCall("add", {"a": 1, "b": 2}), "3"]),
+                      tools=[add])  # fmt: skip
+        result = await run.step("agent", lambda: Runner.run(agent, "1+2"))
+        await run.usage_record(provider="openai", model="m", input_tokens=1, output_tokens=1)
+        return total, result.final_output
+
+    start = time.perf_counter()
+    assert await tide.run("wf", pipeline, run_id=new_run_id()) == (sum(range(STEPS)), "3")
+    return time.perf_counter() - start
+
+
+@pytest.fixture
+def agents_clean() -> Iterator[None]:
+    agents.set_trace_processors([])
+    yield
+    tidebase_otel.uninstrument()
+    agents.set_trace_processors([])
+
+
+async def baseline(tide) -> float:
+    await workload(tide)  # warm up (connections, prepared statements)
+    return min([await workload(tide) for _ in range(2)])
+
+
+def assert_normal_speed(elapsed: float, base: float) -> None:
+    # Generous on purpose (shared CI machines); what must never happen is waiting on the
+    # exporter: a retry loop or a blocked queue costs seconds, not milliseconds.
+    assert elapsed < base * 3 + 0.5, (elapsed, base)
+
+
+async def test_collector_down(tide, agents_clean):
+    base = await baseline(tide)
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces", timeout=2),
+            schedule_delay_millis=10,
+        )
+    )
+    meter_provider = MeterProvider(
+        metric_readers=[
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics", timeout=2),
+                export_interval_millis=20,
+            )
+        ]
+    )
+    tidebase_otel.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        elapsed = min([await workload(tide) for _ in range(2)])
+    finally:
+        tidebase_otel.uninstrument()
+        threading.Thread(target=tracer_provider.shutdown, daemon=True).start()
+        threading.Thread(target=meter_provider.shutdown, daemon=True).start()
+    assert_normal_speed(elapsed, base)
+
+
+class StuckExporter(SpanExporter):
+    """An exporter that takes a long time per batch: the queue fills up and spans are dropped."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        self.release.wait(5)
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+async def test_export_queue_full(tide, agents_clean):
+    base = await baseline(tide)
+    exporter = StuckExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=4, max_export_batch_size=1)
+    )
+    tidebase_otel.instrument(tracer_provider=tracer_provider, meter_provider=MeterProvider())
+    try:
+        elapsed = min([await workload(tide) for _ in range(2)])
+    finally:
+        tidebase_otel.uninstrument()
+        exporter.release.set()
+        tracer_provider.shutdown()
+    assert_normal_speed(elapsed, base)
+    assert exporter.exported < 2 * (STEPS + 2)  # most spans were dropped, none waited
+
+
+class Exploding(SpanProcessor):
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        raise RuntimeError("span processor on_start exploded")
+
+    def on_end(self, span: Any) -> None:
+        raise RuntimeError("span processor on_end exploded")
+
+
+class ExplodingAgentsProcessor(agents.TracingProcessor):
+    def on_trace_start(self, trace: Any) -> None:
+        raise RuntimeError("boom")
+
+    def on_trace_end(self, trace: Any) -> None:
+        raise RuntimeError("boom")
+
+    def on_span_start(self, span: Any) -> None:
+        raise RuntimeError("boom")
+
+    def on_span_end(self, span: Any) -> None:
+        raise RuntimeError("boom")
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self) -> None:
+        pass
+
+
+async def test_processors_raising_never_reach_user_code(tide, agents_clean):
+    base = await baseline(tide)
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(Exploding())
+    agents.set_trace_processors([ExplodingAgentsProcessor()])
+    tidebase_otel.instrument(
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(),
+        record_agents_usage=True,
+        prices={"m": (1, 1)},
+    )
+    try:
+        elapsed = min([await workload(tide) for _ in range(2)])
+    finally:
+        tidebase_otel.uninstrument()
+        tracer_provider.shutdown()
+    assert_normal_speed(elapsed, base)
