@@ -683,6 +683,7 @@ class AsyncTidebase:
             _check_lease_ms(lease_ms, "lease_ms") if lease_ms is not None else _lease_ms_default()
         )
         self._observers = list(observers)
+        self.workflows: dict[str, Callable[[RunContext, Any], Awaitable[Any] | Any]] = {}
         self._auto_migrate = auto_migrate
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
@@ -864,6 +865,21 @@ class AsyncTidebase:
                 _log.warning("run %s: lease heartbeat failed: %s", ctx.run_id, exc)
 
     # -- inspection ------------------------------------------------------------------------
+
+    def workflow(
+        self, name: str
+    ) -> Callable[[Callable[[RunContext, Any], Any]], Callable[[RunContext, Any], Any]]:
+        """Registers `fn(run, input)` under `name`, for queue workers and recovery webhooks."""
+        _check_name("workflow name", name)
+
+        def register(fn: Callable[[RunContext, Any], Any]) -> Callable[[RunContext, Any], Any]:
+            existing = self.workflows.get(name)
+            if existing is not None and existing is not fn:
+                raise ValueError(f"workflow {name!r} is already registered to {existing!r}")
+            self.workflows[name] = fn
+            return fn
+
+        return register
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         """Everything stored about a run: the run, attempts, steps, usage, events, state."""
