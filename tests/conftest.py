@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -16,6 +16,8 @@ import pytest
 
 from tidebase.aio import AsyncTidebase
 from tidebase.embedded import start_embedded
+from tidebase.server import ServerConfig
+from tidebase.server.background import BackgroundServer
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +45,32 @@ async def fresh_db_url(pg_url: str) -> AsyncIterator[str]:
     await conn.close()
 
 
+@pytest.fixture(scope="session")
+def tidebase_server(pg_url: str) -> Iterator[BackgroundServer]:
+    """`tidebase serve` over the test Postgres, on a free loopback port (one per session)."""
+    with BackgroundServer(ServerConfig(database_url=pg_url)) as server:
+        yield server
+
+
+@pytest.fixture(params=["direct", "server"])
+def tidebase_url(request: pytest.FixtureRequest, pg_url: str) -> str:
+    """The mode under test: the Postgres URL (direct), or the server's http:// URL.
+
+    Every test using `tide` or `make_client` runs in both modes; both fixtures of one test
+    share the mode. Tests that inspect the database itself use `pg_url`.
+    """
+    if request.param == "direct":
+        return pg_url
+    return request.getfixturevalue("tidebase_server").url
+
+
 @pytest.fixture
-async def make_client(pg_url: str) -> AsyncIterator:
+async def make_client(tidebase_url: str) -> AsyncIterator:
     """Factory for extra clients (e.g. a second worker); closes them after the test."""
     clients: list[AsyncTidebase] = []
 
     def make(**kwargs) -> AsyncTidebase:
-        client = AsyncTidebase(kwargs.pop("url", pg_url), **kwargs)
+        client = AsyncTidebase(kwargs.pop("url", tidebase_url), **kwargs)
         clients.append(client)
         return client
 
@@ -59,8 +80,8 @@ async def make_client(pg_url: str) -> AsyncIterator:
 
 
 @pytest.fixture
-async def tide(pg_url: str) -> AsyncIterator[AsyncTidebase]:
-    client = AsyncTidebase(pg_url)
+async def tide(tidebase_url: str) -> AsyncIterator[AsyncTidebase]:
+    client = AsyncTidebase(tidebase_url)
     yield client
     await client.close()
 

@@ -204,13 +204,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        from tidebase.server import serve
-    except ImportError as exc:
-        print(f"tidebase serve is not available: {exc}", file=sys.stderr)
-        return 1
-    serve(host=args.host, port=args.port)
-    return 0
+    from tidebase.server import main as serve_main
+
+    return serve_main(["--host", args.host, "--port", str(args.port)])
 
 
 RUN_STATUSES = (

@@ -1,0 +1,1 @@
+"""Tests of `tidebase serve` (the HTTP API) and of the SDK in server mode."""

@@ -1,0 +1,108 @@
+"""`tidebase serve` as a process: migrations at start-up, refusal while migrations are pending,
+graceful shutdown with open event streams, configuration errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import asyncpg
+import httpx
+import pytest
+
+from tidebase import migrate
+from tidebase.server import MigrationsPending
+from tidebase.server.database import open_store
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(database_url: str, port: int, **env: str) -> subprocess.Popen[str]:
+    environment = dict(os.environ, TIDEBASE_DATABASE_URL=database_url, **env)
+    environment.pop("TIDEBASE_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tidebase.server", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def _wait_healthy(url: str, proc: subprocess.Popen[str]) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if (await client.get(f"{url}/health")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+    raise AssertionError("server did not come up")
+
+
+async def test_open_store_refuses_pending_migrations(fresh_db_url: str) -> None:
+    with pytest.raises(MigrationsPending) as caught:
+        await open_store(fresh_db_url, auto_migrate=False)
+    names = [f"{m.version}_{m.name}.sql" for m in migrate.load_migrations()]
+    assert caught.value.names == names
+    assert "003_http_api.sql" in str(caught.value)
+    store = await open_store(fresh_db_url, auto_migrate=True)
+    await store.close()
+    store = await open_store(fresh_db_url, auto_migrate=False)  # now current
+    await store.close()
+
+
+async def test_process_refuses_to_start_with_pending_migrations(fresh_db_url: str) -> None:
+    proc = _spawn(fresh_db_url, _free_port(), TIDEBASE_AUTO_MIGRATE="0")
+    _, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 2
+    assert "pending migrations" in stderr and "001_durable_runs.sql" in stderr
+    conn = await asyncpg.connect(fresh_db_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('runs')") is None  # nothing applied
+    finally:
+        await conn.close()
+
+
+async def test_bad_configuration_is_reported(fresh_db_url: str) -> None:
+    proc = _spawn(fresh_db_url, _free_port(), TIDEBASE_LEASE_MS="soon")
+    _, stderr = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 2 and "TIDEBASE_LEASE_MS" in stderr
+
+
+async def test_migrates_serves_and_shuts_down_gracefully(fresh_db_url: str) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _spawn(fresh_db_url, port)
+    try:
+        await _wait_healthy(url, proc)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            run = (await client.post("/runs/wf", json={})).json()["run"]
+            async with client.stream("GET", f"/runs/{run['id']}/events") as stream:
+                lines = stream.aiter_lines()
+                assert (await anext(lines)).startswith("id: 1")
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises((StopAsyncIteration, httpx.HTTPError)):  # the stream ends
+                    async with asyncio.timeout(10):
+                        while True:
+                            await anext(lines)
+            code = await asyncio.to_thread(proc.wait, 15)
+            # uvicorn re-raises the signal once shut down, so the exit status says SIGTERM.
+            assert code in (0, -signal.SIGTERM) and time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, stderr = proc.communicate()
+    assert f"serving http://127.0.0.1:{port}" in stderr

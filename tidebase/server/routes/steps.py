@@ -1,0 +1,184 @@
+"""Steps: the reference checkpoint protocol and the SDK's fast path.
+
+Reference (0.7 clients): `steps/begin` answers an `action` discriminator and hands out a step
+lease; `steps/:stepId/complete` and `/fail` are fenced by that step lease.
+
+Extensions (our SDK; fenced by the *run* lease, migrations/002): `steps/start` records that a
+side-effecting step started, `steps/checkpoint` writes a step's output in one request (a pure
+step costs exactly this one round trip), `steps/failure` records a failure with its resume
+decision, and `steps/resolve` is the operator action for a parked step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tidebase.server import deps
+from tidebase.server.body import read_body
+from tidebase.server.errors import error
+from tidebase.server.paths import param
+from tidebase.server.validation import BadRequest, Body
+from tidebase.store.wire import NotResolvable
+
+RESUME_DECISIONS = ("auto_retry", "safe_replay", "manual_review", "fail_hard")
+STEP_FAILURE_STATUSES = ("failed", "failed_retryable", "manual_review")
+_MAX_HASH_CHARS = 1024
+_SPAN_ID_CHARS = 64
+
+
+async def begin_step(request: Request) -> Response:
+    run_id = param(request, "runId")
+    body = await read_body(request)
+    result = await deps.store(request).begin_step(
+        run_id,
+        _name(body),
+        _input_hash(body),
+        body.json("input"),
+        body.obj("options"),
+        body.identifier("leaseOwner") or deps.new_lease_owner(),
+        _lease_ms(request, body),
+    )
+    return JSONResponse(result)
+
+
+async def complete_step(request: Request) -> Response:
+    run_id = param(request, "runId")
+    step_id = param(request, "stepId")
+    body = await read_body(request)
+    owner = body.identifier("leaseOwner", required=True)
+    result = await deps.store(request).complete_leased_step(
+        run_id, step_id, owner, body.json("output")
+    )
+    if result["outcome"] != "completed":
+        return error(409, "step not found or lease lost")
+    return JSONResponse({"step": result["step"]})
+
+
+async def fail_step(request: Request) -> Response:
+    run_id = param(request, "runId")
+    step_id = param(request, "stepId")
+    body = await read_body(request)
+    owner = body.identifier("leaseOwner", required=True)
+    result = await deps.store(request).fail_leased_step(
+        run_id,
+        step_id,
+        owner,
+        body.json("error"),
+        bool(body.boolean("retryable")),
+        body.choice("resumeDecision", RESUME_DECISIONS),
+    )
+    if result["outcome"] != "failed":
+        return error(409, "step not found or lease lost")
+    return JSONResponse({"step": result["step"]})
+
+
+# -- extensions: the SDK's run-lease-fenced step writes -----------------------------------
+
+
+def _name(body: Body) -> str:
+    name = body.identifier("name", required=True)
+    return name
+
+
+def _input_hash(body: Body) -> str:
+    digest = body.text("inputHash", required=True, nonempty=True, max_chars=_MAX_HASH_CHARS)
+    return digest
+
+
+def _lease_ms(request: Request, body: Body) -> int:
+    return (
+        body.integer("leaseMs", minimum=deps.MIN_LEASE_MS, maximum=deps.MAX_LEASE_MS)
+        or deps.config(request).lease_ms
+    )
+
+
+def _json_text(text: str) -> Response:
+    return Response(text, media_type="application/json")
+
+
+def _step_key(body: Body) -> dict[str, Any]:
+    owner = body.identifier("leaseOwner", required=True)
+    return {
+        "owner": owner,
+        "name": _name(body),
+        "parent": body.identifier("parent"),
+        "input_hash": _input_hash(body),
+        "input": body.json("input"),
+        "options": body.obj("options"),
+    }
+
+
+async def start_step(request: Request) -> Response:
+    run_id = param(request, "runId")
+    body = await read_body(request)
+    key = _step_key(body)
+    result = await deps.store(request).start_step_text(
+        run_id, lease_ms=_lease_ms(request, body), **key
+    )
+    return _json_text(result)
+
+
+async def checkpoint_step(request: Request) -> Response:
+    run_id = param(request, "runId")
+    body = await read_body(request)
+    key = _step_key(body)
+    result = await deps.store(request).checkpoint_text(
+        run_id,
+        output=body.json("output"),
+        trace_id=body.text("traceId", max_chars=_SPAN_ID_CHARS),
+        span_id=body.text("spanId", max_chars=_SPAN_ID_CHARS),
+        lease_ms=_lease_ms(request, body),
+        **key,
+    )
+    return _json_text(result)
+
+
+async def record_step_failure(request: Request) -> Response:
+    run_id = param(request, "runId")
+    body = await read_body(request)
+    key = _step_key(body)
+    decision = body.choice("resumeDecision", RESUME_DECISIONS, required=True)
+    status = body.choice("status", STEP_FAILURE_STATUSES, required=True)
+    result = await deps.store(request).step_failure_text(
+        run_id,
+        error=body.json("error", {}),
+        status=status,
+        decision=decision,
+        trace_id=body.text("traceId", max_chars=_SPAN_ID_CHARS),
+        span_id=body.text("spanId", max_chars=_SPAN_ID_CHARS),
+        **key,
+    )
+    return _json_text(result)
+
+
+async def resolve_step(request: Request) -> Response:
+    run_id = param(request, "runId")
+    body = await read_body(request)
+    name = _name(body)
+    retry = bool(body.boolean("retry"))
+    if not retry and "output" not in body.data:
+        raise BadRequest("output", "is required unless retry is true")
+    try:
+        resolved = await deps.store(request).resolve_step_json(
+            run_id, name, retry=retry, output=body.json("output")
+        )
+    except NotResolvable as exc:
+        return error(409, "step cannot be resolved now", code=exc.reason, message=str(exc))
+    return JSONResponse(
+        {"step": {"id": resolved["id"], "name": name, "status": resolved["status"]}}
+    )
+
+
+routes = [
+    Route("/runs/{runId}/steps/begin", begin_step, methods=["POST"]),
+    Route("/runs/{runId}/steps/start", start_step, methods=["POST"]),
+    Route("/runs/{runId}/steps/checkpoint", checkpoint_step, methods=["POST"]),
+    Route("/runs/{runId}/steps/failure", record_step_failure, methods=["POST"]),
+    Route("/runs/{runId}/steps/resolve", resolve_step, methods=["POST"]),
+    Route("/runs/{runId}/steps/{stepId}/complete", complete_step, methods=["POST"]),
+    Route("/runs/{runId}/steps/{stepId}/fail", fail_step, methods=["POST"]),
+]
