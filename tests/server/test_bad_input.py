@@ -375,3 +375,51 @@ async def test_oversized_body_without_content_length_is_413(api, db, ids) -> Non
     response = await api.put(f"/runs/{ids['run']}/state", content=chunks())
     assert response.status_code == 413
     assert await db.fetchrow(FINGERPRINT) == before
+
+
+async def test_extension_step_options_are_validated(api) -> None:
+    """The SDK's step routes refuse a resume contract the server cannot honour."""
+    import uuid as _uuid
+
+    run_id = "opts-" + _uuid.uuid4().hex
+    begun = await api.post(
+        f"/runs/{run_id}/begin", json={"workflowName": "w", "create": True, "leaseOwner": "o"}
+    )
+    assert begun.status_code == 200
+    for options, field in (
+        ({"retries": "lots"}, "options.retries"),
+        ({"retries": -5}, "options.retries"),
+        ({"replay": "sometimes"}, "options.replay"),
+        ({"sideEffects": "ticket"}, "options.sideEffects"),
+        ({"idempotencyKey": 5}, "options.idempotencyKey"),
+    ):
+        for route in ("checkpoint", "start"):
+            answer = await api.post(
+                f"/runs/{run_id}/steps/{route}",
+                json={
+                    "leaseOwner": "o",
+                    "name": "s",
+                    "inputHash": "h",
+                    "options": options,
+                    "output": 1,
+                },
+            )
+            assert answer.status_code == 400, (route, options, answer.text)
+            assert field in answer.text
+    detail = (await api.get(f"/runs/{run_id}")).json()
+    assert detail["steps"] == []
+
+
+async def test_step_id_with_lease_owner_is_refused(api) -> None:
+    import uuid as _uuid
+
+    run_id = "use-" + _uuid.uuid4().hex
+    await api.post(
+        f"/runs/{run_id}/begin", json={"workflowName": "w", "create": True, "leaseOwner": "o"}
+    )
+    answer = await api.post(
+        f"/runs/{run_id}/usage",
+        json={"leaseOwner": "o", "stepId": "nope", "inputTokens": 1, "key": "k9"},
+    )
+    assert answer.status_code == 400 and "stepId" in answer.text
+    assert (await api.get(f"/runs/{run_id}")).json()["usage"] == []

@@ -100,6 +100,34 @@ def _json_text(text: str) -> Response:
     return Response(text, media_type="application/json")
 
 
+_REPLAY_MODES = ("auto", "manual", "never")
+
+
+def _checked_options(body: Body) -> dict[str, Any] | None:
+    """The resume contract of the SDK's extension routes, validated (the reference's
+    `steps/begin` stores options as they come, for 0.7 clients)."""
+    options = body.obj("options")
+    if options is None:
+        return None
+    retries = options.get("retries")
+    if retries is not None and (
+        not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 1000
+    ):
+        raise BadRequest("options.retries", "must be an integer between 0 and 1000")
+    replay = options.get("replay")
+    if replay is not None and replay not in _REPLAY_MODES:
+        raise BadRequest("options.replay", f"must be one of {', '.join(_REPLAY_MODES)}")
+    effects = options.get("sideEffects")
+    if effects is not None and (
+        not isinstance(effects, list) or not all(isinstance(e, str) for e in effects)
+    ):
+        raise BadRequest("options.sideEffects", "must be a list of strings")
+    key = options.get("idempotencyKey")
+    if key is not None and not isinstance(key, str):
+        raise BadRequest("options.idempotencyKey", "must be a string")
+    return options
+
+
 def _step_key(body: Body) -> dict[str, Any]:
     owner = body.identifier("leaseOwner", required=True)
     return {
@@ -108,7 +136,7 @@ def _step_key(body: Body) -> dict[str, Any]:
         "parent": body.identifier("parent"),
         "input_hash": _input_hash(body),
         "input": body.json("input"),
-        "options": body.obj("options"),
+        "options": _checked_options(body),
     }
 
 

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from tidebase.server import deps
 from tidebase.server.body import read_body
 from tidebase.server.paths import param
-from tidebase.server.validation import MAX_IDENTIFIER_CHARS
+from tidebase.server.validation import MAX_IDENTIFIER_CHARS, BadRequest
 
 # numeric(20, 10): up to 10 integer digits
 _MAX_COST_USD = 9_999_999_999.0
@@ -25,11 +25,16 @@ async def record_usage(request: Request) -> Response:
     run_id = param(request, "runId")
     body = await read_body(request)
     short = {"max_chars": MAX_IDENTIFIER_CHARS}
+    owner = body.identifier("leaseOwner")
+    step_id = body.identifier("stepId")
+    if owner is not None and step_id is not None:
+        # The fenced (SDK) path ties a record to its step by name, as it runs inside it.
+        raise BadRequest("stepId", "is not accepted with leaseOwner: send stepName instead")
     result = await deps.store(request).record_usage_json(
         run_id,
-        owner=body.identifier("leaseOwner"),
+        owner=owner,
         key=body.identifier("key"),
-        step_id=body.identifier("stepId"),
+        step_id=step_id,
         step_name=body.identifier("stepName"),
         kind=body.text("kind", nonempty=True, **short),
         provider=body.text("provider", **short),
