@@ -177,7 +177,7 @@ async def test_instrumentor_shares_state_with_instrument(tide):
         )
         assert tidebase_otel.is_instrumented() and instrumentor.is_instrumented_by_opentelemetry
         tidebase_otel.instrument()  # already on: a warning, nothing changes
-        assert len(global_observers()) == 1
+        assert len(global_observers()) == 2  # the run observer and the queue observer
 
         async def pipeline(run, _):
             return await run.step("s", lambda: 1)

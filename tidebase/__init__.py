@@ -10,6 +10,7 @@ from tidebase.errors import (
     DuplicateStep,
     InputMismatch,
     LeaseLost,
+    RunAlreadyCompleted,
     RunCancelled,
     RunInputMismatch,
     RunLeased,
@@ -22,13 +23,16 @@ from tidebase.errors import (
     WorkflowMismatch,
 )
 from tidebase.hooks import RunObserver, add_observer, remove_observer
+from tidebase.queues import Enqueued
 
 __all__ = [
     "AsyncTidebase",
     "ConfigurationError",
     "DuplicateStep",
+    "Enqueued",
     "InputMismatch",
     "LeaseLost",
+    "RunAlreadyCompleted",
     "RunCancelled",
     "RunContext",
     "RunInputMismatch",

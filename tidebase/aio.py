@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import datetime as _dt
 import inspect
 import logging
 import math
@@ -36,6 +37,7 @@ from tidebase.errors import (
     DuplicateStep,
     InputMismatch,
     LeaseLost,
+    RunAlreadyCompleted,
     RunCancelled,
     RunInputMismatch,
     RunLeased,
@@ -49,6 +51,7 @@ from tidebase.errors import (
 from tidebase.hooks import (
     AttemptInfo,
     AttemptTracker,
+    CancelInfo,
     ReplayInfo,
     RunObserver,
     StepInfo,
@@ -56,7 +59,9 @@ from tidebase.hooks import (
     UsageInfo,
     _start_attempt,
     global_observers,
+    notify_cancelled,
 )
+from tidebase.queues import AttemptOutcome, Enqueued, check_webhook_url, enqueue_run
 from tidebase.store.base import StepKey, StepRecord, Store, UsageRecord
 
 _log = logging.getLogger("tidebase")
@@ -687,6 +692,7 @@ class AsyncTidebase:
         self._auto_migrate = auto_migrate
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
+        self._workers: set[Any] = set()
 
     @property
     def mode(self) -> str:
@@ -734,22 +740,46 @@ class AsyncTidebase:
         *,
         run_id: str | None = None,
         input: Any = None,
+        recovery_webhook: str | None = None,
     ) -> Any:
         """Runs (or resumes) `fn(run, input)` as run `run_id` of `workflow_name`.
 
         A new id is made when `run_id` is None; an unknown `run_id` is created (so callers can
         use their own ids, e.g. a job id). A completed run returns its stored result without
         calling `fn`. The user's exception is re-raised after the failure is recorded.
+        `recovery_webhook`: a URL `tidebase serve` POSTs a signed recovery request to when the
+        run fails or its worker's lease expires (see `tidebase.recovery`).
+        A run cancelled meanwhile (`tide.cancel`) stops at its next step boundary or lease
+        heartbeat (the workflow function is cancelled) and raises `RunCancelled`.
         """
         _check_name("workflow name", workflow_name)
         if run_id is None:
             run_id = f"run_{uuid.uuid4().hex}"
         _check_name("run id", run_id)
+        if recovery_webhook is not None:
+            check_webhook_url(recovery_webhook)
+        return await self._run(
+            workflow_name, fn, run_id, input, _worker_id(), recovery_webhook=recovery_webhook
+        )
+
+    async def _run(
+        self,
+        workflow_name: str,
+        fn: Callable[[RunContext, Any], Awaitable[Any] | Any],
+        run_id: str,
+        input: Any,
+        owner: str,
+        *,
+        recovery_webhook: str | None = None,
+        outcome: AttemptOutcome | None = None,
+    ) -> Any:
+        """One attempt under lease owner `owner` (a queue worker passes its claim's owner, so
+        the attempt the claim counted is continued). `outcome` receives whether a failure
+        requeued the run."""
         encoded_input = (
             codec.encode(input, what=f"input of run {run_id!r}") if input is not None else None
         )
         store = await self.store()
-        owner = _worker_id()
         info = AttemptInfo(run_id=run_id, workflow=workflow_name)
         tracker = _start_attempt([*global_observers(), *self._observers], info)
         try:
@@ -761,6 +791,7 @@ class AsyncTidebase:
                 self.lease_ms,
                 create=True,
                 span=tracker.span_ref,
+                recovery_webhook=recovery_webhook,
             )
         except BaseException as exc:
             tracker.finished("failed", error=exc)
@@ -784,22 +815,39 @@ class AsyncTidebase:
             steps=begun.steps,
             tracker=tracker,
         )
-        heartbeat = asyncio.create_task(
-            self._heartbeat(store, ctx), name=f"tidebase-lease-{run_id}"
-        )
+        heartbeat: asyncio.Task[None] | None = None
         try:
             with tracker.active():
+                # The workflow function runs in its own task (same context), so a cancellation
+                # seen by the heartbeat can stop the user's code promptly.
+                work = asyncio.ensure_future(_call(fn, ctx, ctx.input))
+                heartbeat = asyncio.create_task(
+                    self._heartbeat(store, ctx, work), name=f"tidebase-lease-{run_id}"
+                )
                 try:
-                    result = await _call(fn, ctx, ctx.input)
+                    try:
+                        result = await work
+                    except asyncio.CancelledError:
+                        current = asyncio.current_task()
+                        if (
+                            isinstance(ctx._stopped, RunCancelled)
+                            and current is not None
+                            and not current.cancelling()
+                        ):
+                            raise ctx._stopped from None
+                        raise
                     encoded = codec.encode(result, what=f"result of run {run_id!r}")
                 except BaseException as exc:
-                    await self._record_failure(store, ctx, exc, tracker)
+                    requeued = await self._record_failure(store, ctx, exc, tracker)
+                    if outcome is not None:
+                        outcome.requeued = requeued
                     raise
                 await store.complete_run(run_id, owner, encoded)
                 tracker.finished("completed")
                 return result
         finally:
-            heartbeat.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
 
     def _not_begun(
         self,
@@ -829,12 +877,13 @@ class AsyncTidebase:
 
     async def _record_failure(
         self, store: Store, ctx: RunContext, exc: BaseException, tracker: AttemptTracker
-    ) -> None:
+    ) -> bool:
+        """Records how the attempt ended; True when the failure requeued the run."""
         if isinstance(exc, (LeaseLost, RunCancelled)):
             tracker.finished(
                 "cancelled" if isinstance(exc, RunCancelled) else "lease_lost", error=exc
             )
-            return
+            return False
         if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
             # Interrupted, not failed: release the lease so the next invocation can resume at
             # once (the run stays as it is). Shielded: our own task is being cancelled.
@@ -843,15 +892,28 @@ class AsyncTidebase:
             except BaseException as release_error:  # noqa: BLE001 - best effort on the way out
                 _log.warning("could not release run %r: %r", ctx.run_id, release_error)
             tracker.finished("interrupted", error=exc)
-            return
+            return False
         failure_class = "manual_review" if isinstance(exc, StepNeedsReview) else None
+        requeued = False
         try:
-            await store.fail_run(ctx.run_id, ctx.lease_owner, error_payload(exc), failure_class)
+            requeued = bool(
+                await store.fail_run(ctx.run_id, ctx.lease_owner, error_payload(exc), failure_class)
+            )
+        except RunCancelled as cancelled:
+            # Cancelled while failing: the cancel stands (a failure never resurrects a run).
+            _log.info("run %r was cancelled before its failure was recorded", ctx.run_id)
+            tracker.finished("cancelled", error=cancelled)
+            return False
         except Exception as write_error:  # noqa: BLE001 - the user's exception must surface
             _log.warning("could not record failure of run %r: %s", ctx.run_id, write_error)
         tracker.finished("failed", error=exc)
+        return requeued
 
-    async def _heartbeat(self, store: Store, ctx: RunContext) -> None:
+    async def _heartbeat(
+        self, store: Store, ctx: RunContext, work: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Keeps the lease alive; on cancellation or a lost lease, stops the workflow: later
+        steps raise, and a cancellation also cancels `work` (the workflow function's task)."""
         interval = self.lease_ms / 3000.0
         while True:
             await asyncio.sleep(interval)
@@ -860,9 +922,136 @@ class AsyncTidebase:
             except (LeaseLost, RunCancelled) as exc:
                 ctx._stopped = exc
                 _log.warning("run %s: %s", ctx.run_id, exc)
+                if isinstance(exc, RunCancelled) and work is not None:
+                    work.cancel()
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying; the lease has slack
                 _log.warning("run %s: lease heartbeat failed: %s", ctx.run_id, exc)
+
+    # -- queues and cancellation -----------------------------------------------------------
+
+    async def enqueue(
+        self,
+        workflow: str,
+        *,
+        queue: str = "default",
+        input: Any = None,
+        dedupe_key: str | None = None,
+        delay: float | _dt.timedelta | None = None,
+        run_at: _dt.datetime | None = None,
+        max_attempts: int = 1,
+        priority: int = 0,
+        deadline: float | _dt.timedelta | _dt.datetime | None = None,
+        recovery_webhook: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Enqueued:
+        """Puts a run of `workflow` on `queue` for a worker (`tide.work`) to execute.
+
+        `dedupe_key`: while a run with this key is queued or running in the queue, enqueueing
+        again returns that run (`deduplicated=True`). `delay` (seconds or timedelta) or `run_at`
+        (aware datetime) postpone it; higher `priority` is claimed first. A failed attempt is
+        retried with exponential backoff (5 s·2^(attempt−1), at most 5 min) until
+        `max_attempts`. `deadline` (seconds/timedelta from now, or a datetime): past it the
+        reconciler cancels the run with reason `deadline`.
+        """
+        return await enqueue_run(
+            self,
+            workflow,
+            queue=queue,
+            input=input,
+            dedupe_key=dedupe_key,
+            delay=delay,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            priority=priority,
+            deadline=deadline,
+            recovery_webhook=recovery_webhook,
+            metadata=metadata,
+        )
+
+    async def work(
+        self,
+        queues: str | Sequence[str],
+        *,
+        concurrency: int = 1,
+        poll_interval: float = 0.5,
+        grace_period: float = 30.0,
+        reconcile: bool | None = None,
+        until_idle: bool = False,
+        handle_signals: bool = True,
+    ) -> None:
+        """Claims and executes queued runs of the registered workflows until stopped.
+
+        Up to `concurrency` runs at a time. On SIGTERM/SIGINT (when `handle_signals`) or
+        `tide.stop_work()` it stops claiming, lets current runs finish for `grace_period`
+        seconds, then interrupts them, releasing their leases so another worker takes them
+        over at once. `reconcile` (default: on in direct mode, off in server mode, where
+        `tidebase serve` does it) runs reconciler ticks in this worker. `until_idle` returns
+        once no run is ready and none is executing (handy in tests and batch jobs).
+        """
+        from tidebase.worker import Worker
+
+        worker = Worker(
+            self,
+            [queues] if isinstance(queues, str) else list(queues),
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            grace_period=grace_period,
+            reconcile=self.mode == "direct" if reconcile is None else reconcile,
+            until_idle=until_idle,
+        )
+        self._workers.add(worker)
+        try:
+            await worker.run(handle_signals=handle_signals)
+        finally:
+            self._workers.discard(worker)
+
+    def stop_work(self) -> None:
+        """Asks every `work()` loop of this client to shut down gracefully (as SIGTERM does)."""
+        for worker in list(self._workers):
+            worker.stop()
+
+    async def configure_queue(
+        self, queue: str, *, concurrency: int | None = None, rate_per_minute: int | None = None
+    ) -> dict[str, Any]:
+        """Sets the queue's caps, replacing earlier ones (None: no cap): at most `concurrency`
+        runs of the queue running at once, at most `rate_per_minute` claims per minute, across
+        all workers."""
+        _check_name("queue name", queue)
+        for name, value in (("concurrency", concurrency), ("rate_per_minute", rate_per_minute)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10**6
+            ):
+                raise ValueError(f"{name} must be an integer 1..1000000 or None, got {value!r}")
+        store = await self.store()
+        return await store.configure_queue(
+            queue, concurrency=concurrency, rate_per_minute=rate_per_minute
+        )
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every queue: run counts by status, ready runs, and its config."""
+        store = await self.store()
+        return await store.list_queues()
+
+    async def cancel(
+        self, run_id: str, *, reason: str | None = None, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Cancels a run, for good: it is never begun, claimed, completed or failed again.
+
+        A worker executing it stops at its next step boundary or lease heartbeat and raises
+        `RunCancelled`. Cancelling a cancelled run changes nothing; a completed run raises
+        `RunAlreadyCompleted`. Returns the run (wire shape).
+        """
+        _check_name("run id", run_id)
+        store = await self.store()
+        result = await store.cancel_run(run_id, reason, actor)
+        notify_cancelled(
+            [*global_observers(), *self._observers],
+            CancelInfo(run_id=run_id, reason=reason, actor=actor, outcome=result["outcome"]),
+        )
+        if result["outcome"] == "completed":
+            raise RunAlreadyCompleted(run_id)
+        return result["run"]
 
     # -- inspection ------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The `tidebase` command: migrate, inspect and resolve runs, run the demo, serve the HTTP API."""
+"""The `tidebase` command: migrate, inspect, resolve and cancel runs, run queue workers and the
+reconciler, run the demo, serve the HTTP API."""
 
 from __future__ import annotations
 
@@ -197,6 +198,121 @@ async def _runs_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _runs_cancel(args: argparse.Namespace) -> int:
+    from tidebase.aio import AsyncTidebase
+
+    client = AsyncTidebase(_store_url())
+    try:
+        run = await client.cancel(args.run_id, reason=args.reason, actor=args.actor)
+    finally:
+        await client.close()
+    print(f"run {args.run_id} is {run['status']}" + (f": {args.reason}" if args.reason else ""))
+    return 0
+
+
+async def _queues_list(args: argparse.Namespace) -> int:
+    client, store = await _open_store(_store_url())
+    try:
+        queues = await store.list_queues()
+    finally:
+        await client.close()
+    if not queues:
+        print("no queues")
+        return 0
+    print(
+        f"{'QUEUE':<24} {'READY':>6} {'QUEUED':>7} {'RUNNING':>8} {'DONE':>6} {'FAILED':>7}  CAPS"
+    )
+    for q in queues:
+        counts, config = q["counts"], q.get("config") or {}
+        caps = ", ".join(
+            f"{label} {config[key]}"
+            for key, label in (("concurrency", "concurrency"), ("ratePerMinute", "per minute"))
+            if config.get(key)
+        )
+        print(
+            f"{_short(q['queue'], 24):<24} {q['ready']:>6} {counts.get('queued', 0):>7} "
+            f"{counts.get('running', 0):>8} {counts.get('completed', 0):>6} "
+            f"{counts.get('failed', 0):>7}  {caps or '-'}"
+        )
+    return 0
+
+
+async def _queues_config(args: argparse.Namespace) -> int:
+    from tidebase.aio import AsyncTidebase
+
+    client = AsyncTidebase(_store_url())
+    try:
+        config = await client.configure_queue(
+            args.queue, concurrency=args.concurrency, rate_per_minute=args.rate_per_minute
+        )
+    finally:
+        await client.close()
+    print(json.dumps(config))
+    return 0
+
+
+def _load_client(target: str) -> Any:
+    """The AsyncTidebase named by `module:attr` (its workflows registered on import)."""
+    import importlib
+
+    from tidebase.aio import AsyncTidebase
+
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise TidebaseError(f"expected module:attr naming an AsyncTidebase, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TidebaseError(f"cannot import {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, AsyncTidebase):
+        raise TidebaseError(f"{target!r} is not an AsyncTidebase (got {type(obj).__name__})")
+    return obj
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    tide = _load_client(args.target)
+    if not tide.workflows:
+        print(f"tidebase worker: {args.target} has no registered workflows", file=sys.stderr)
+        return 2
+    print(
+        f"tidebase worker: queues {', '.join(args.queue)}, concurrency {args.concurrency}, "
+        f"workflows {', '.join(sorted(tide.workflows))} ({tide.mode} mode)",
+        file=sys.stderr,
+    )
+    try:
+        await tide.work(args.queue, concurrency=args.concurrency, grace_period=args.grace_period)
+    finally:
+        await tide.close()
+    return 0
+
+
+async def _reconcile(args: argparse.Namespace) -> int:
+    from tidebase.reconciler import Reconciler, ReconcilerSettings
+    from tidebase.store.postgres import PostgresStore
+
+    url = os.environ.get("TIDEBASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        from tidebase.embedded import resolve_database_url
+
+        url = resolve_database_url(announce=True)
+    store = await PostgresStore.connect(url)
+    settings = ReconcilerSettings.from_env()
+    reconciler = Reconciler(store, settings)
+    try:
+        while True:
+            summary = await reconciler.tick()
+            if args.once:
+                print(json.dumps(summary, default=str))
+                return 0
+            await asyncio.sleep(max(settings.interval_ms, 100) / 1000.0)
+    finally:
+        await reconciler.close()
+        await store.close()
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from tidebase.demo.run import run_demo
 
@@ -230,6 +346,16 @@ def _limit(text: str) -> int:
     return value
 
 
+def _limit_big(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000000, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidebase", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +379,33 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--retry", action="store_true", help="let the step execute again")
     resolve.add_argument("--output", help="record this JSON as the step's output instead")
 
+    cancel = runs.add_parser("cancel", help="cancel a run for good (workers stop it)")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason")
+    cancel.add_argument("--actor", default=os.environ.get("USER") or "cli")
+
+    queues = sub.add_parser("queues", help="list queues and set their caps").add_subparsers(
+        dest="queues_command", required=True
+    )
+    queues.add_parser("list", help="every queue: counts by status and caps")
+    qconfig = queues.add_parser("config", help="set a queue's caps (replacing earlier ones)")
+    qconfig.add_argument("queue")
+    qconfig.add_argument("--concurrency", type=_limit_big, help="max runs running at once")
+    qconfig.add_argument("--rate-per-minute", type=_limit_big, help="max claims per minute")
+
+    worker = sub.add_parser("worker", help="run a queue worker for module:attr (an AsyncTidebase)")
+    worker.add_argument("target", help="module:attr naming an AsyncTidebase with workflows")
+    worker.add_argument("--queue", action="append", required=True, help="repeat for several")
+    worker.add_argument("--concurrency", type=_limit, default=1, help="runs at once (default 1)")
+    worker.add_argument(
+        "--grace-period", type=float, default=30.0, help="seconds to finish work on SIGTERM"
+    )
+
+    reconcile = sub.add_parser(
+        "reconcile", help="run the reconciler against Postgres (direct mode, no server)"
+    )
+    reconcile.add_argument("--once", action="store_true", help="one tick, print its summary")
+
     demo = sub.add_parser("demo", help="run the research pipeline, crash it, resume it")
     demo.add_argument("--topic", default="durable execution for AI agents")
     demo.add_argument("--no-crash", action="store_true", help="run once without the crash")
@@ -265,14 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"migrate": _migrate, "demo": _demo}
+    handlers = {"migrate": _migrate, "demo": _demo, "worker": _worker, "reconcile": _reconcile}
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "runs":
-            handler = {"list": _runs_list, "show": _runs_show, "resolve": _runs_resolve}[
-                args.runs_command
-            ]
+            handler = {
+                "list": _runs_list,
+                "show": _runs_show,
+                "resolve": _runs_resolve,
+                "cancel": _runs_cancel,
+            }[args.runs_command]
+        elif args.command == "queues":
+            handler = {"list": _queues_list, "config": _queues_config}[args.queues_command]
         else:
             handler = handlers[args.command]
         return asyncio.run(handler(args))

@@ -53,6 +53,14 @@ class RunCancelled(TidebaseError):
         self.run_id, self.reason = run_id, reason
 
 
+class RunAlreadyCompleted(TidebaseError):
+    """A cancel of a run that already completed (cancellation never undoes a result)."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"run {run_id!r} already completed; it cannot be cancelled")
+        self.run_id = run_id
+
+
 class WorkflowMismatch(TidebaseError):
     def __init__(self, run_id: str, stored: str, given: str):
         super().__init__(

@@ -151,11 +151,108 @@ class AttemptTracker:
         yield
 
 
+@dataclass(frozen=True, slots=True)
+class EnqueueInfo:
+    """A run about to be enqueued."""
+
+    queue: str
+    workflow: str
+    dedupe_key: str | None
+    priority: int
+    max_attempts: int
+
+
+class EnqueueTracker:
+    """Follows one enqueue call. `span_ref` is stored with the run: every attempt's processing
+    (`ClaimInfo.enqueued_by`) refers back to it."""
+
+    span_ref: SpanRef | None = None
+
+    def finished(
+        self,
+        *,
+        run_id: str | None = None,
+        deduplicated: bool = False,
+        error: BaseException | None = None,
+    ) -> None:
+        """The enqueue returned (or raised)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimInfo:
+    """A queued run a worker claimed and is about to execute."""
+
+    run_id: str
+    workflow: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    wait_s: float  # from when the run was ready (runAt) to its claim
+    enqueued_by: SpanRef | None  # the span that enqueued the run
+
+
+class ClaimTracker:
+    """Follows the processing of one claimed run by a worker.
+
+    Outcomes passed to `finished`: completed, requeued (failed, will be retried), failed,
+    cancelled, lease_lost, released (the worker stopped before it finished), no_workflow.
+    """
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Wraps the run attempt (tide.run executes inside it)."""
+        yield
+
+    def finished(self, outcome: str, *, error: BaseException | None = None) -> None:
+        """The worker is done with the run."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelInfo:
+    """A cancellation request (`tide.cancel`) and what it did: cancelled | already | completed."""
+
+    run_id: str
+    reason: str | None
+    actor: str | None
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryInfo:
+    """One delivery try of a run's recovery webhook (reason: failed | lease_expired | manual)."""
+
+    run_id: str
+    workflow: str
+    reason: str
+    attempt: int
+    try_number: int
+    delivered: bool
+    http_status: int | None
+    error: str | None
+    duration_s: float
+    will_retry: bool
+
+
 class RunObserver:
-    """Base class for observers. Override `attempt` to return your own tracker."""
+    """Base class for observers. Override `attempt` to return your own tracker; the queue,
+    cancellation and recovery hooks are optional (no-ops here)."""
 
     def attempt(self, info: AttemptInfo) -> AttemptTracker:
         return AttemptTracker()
+
+    def enqueue(self, info: EnqueueInfo) -> EnqueueTracker:
+        """A run is about to be enqueued; the tracker's span is current during the call."""
+        return EnqueueTracker()
+
+    def claimed(self, info: ClaimInfo) -> ClaimTracker:
+        """A worker claimed a queued run."""
+        return ClaimTracker()
+
+    def cancelled(self, info: CancelInfo) -> None:
+        """`tide.cancel` was called."""
+
+    def recovery(self, info: RecoveryInfo) -> None:
+        """A recovery webhook delivery was tried."""
 
 
 _global_observers: list[RunObserver] = []
@@ -280,3 +377,68 @@ class _FanoutAttempt(AttemptTracker):
 def _start_attempt(observers: Sequence[RunObserver], info: AttemptInfo) -> AttemptTracker:
     trackers = [_guard("observer.attempt", o.attempt, info) for o in observers]
     return _FanoutAttempt([t for t in trackers if t is not None])
+
+
+# -- queue, cancellation and recovery hooks ------------------------------------------------------
+
+
+def _hook(observer: Any, name: str) -> Any:
+    """The observer's hook `name`, or None (observers need not subclass RunObserver)."""
+    return getattr(observer, name, None)
+
+
+class _FanoutEnqueue(EnqueueTracker):
+    def __init__(self, trackers: list[EnqueueTracker]):
+        self._trackers = trackers
+        refs = [t.span_ref for t in trackers if getattr(t, "span_ref", None) is not None]
+        self.span_ref = refs[0] if refs else None
+
+    def finished(self, **kwargs: Any) -> None:
+        for t in self._trackers:
+            _guard("enqueue.finished", t.finished, **kwargs)
+
+
+class _FanoutClaim(ClaimTracker):
+    def __init__(self, trackers: list[ClaimTracker]):
+        self._trackers = trackers
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for tracker in self._trackers:
+                cm = _guard("claim.active", tracker.active)
+                if cm is not None:
+                    stack.enter_context(_SafeCM(cm))
+            yield
+
+    def finished(self, outcome: str, *, error: BaseException | None = None) -> None:
+        for t in self._trackers:
+            _guard("claim.finished", t.finished, outcome, error=error)
+
+
+def start_enqueue(observers: Sequence[RunObserver], info: EnqueueInfo) -> EnqueueTracker:
+    """The fan-out tracker of an enqueue call (hooks guarded)."""
+    hooks = [h for h in (_hook(o, "enqueue") for o in observers) if h is not None]
+    trackers = [_guard("observer.enqueue", h, info) for h in hooks]
+    return _FanoutEnqueue([t for t in trackers if t is not None])
+
+
+def start_claim(observers: Sequence[RunObserver], info: ClaimInfo) -> ClaimTracker:
+    """The fan-out tracker of a claimed run's processing (hooks guarded)."""
+    hooks = [h for h in (_hook(o, "claimed") for o in observers) if h is not None]
+    trackers = [_guard("observer.claimed", h, info) for h in hooks]
+    return _FanoutClaim([t for t in trackers if t is not None])
+
+
+def notify_cancelled(observers: Sequence[RunObserver], info: CancelInfo) -> None:
+    for o in observers:
+        hook = _hook(o, "cancelled")
+        if hook is not None:
+            _guard("observer.cancelled", hook, info)
+
+
+def notify_recovery(observers: Sequence[RunObserver], info: RecoveryInfo) -> None:
+    for o in observers:
+        hook = _hook(o, "recovery")
+        if hook is not None:
+            _guard("observer.recovery", hook, info)

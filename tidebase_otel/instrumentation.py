@@ -22,6 +22,7 @@ from opentelemetry import trace as otel_trace
 from tidebase.hooks import add_observer, remove_observer
 
 from . import _semconv as sc
+from . import queue
 from .ledger import AgentsUsageLedger
 from .observer import TidebaseObserver
 from .prices import PriceSpec, PriceTable
@@ -131,6 +132,7 @@ def instrument(
             agents_usage=ledger,
         )
         add_observer(observer)
+        queue.install(tracer_provider, meter_provider)
         _installed = _Installed(observer, processor, own, ledger)
 
 
@@ -143,6 +145,7 @@ def uninstrument() -> None:
     if installed is None:
         return
     remove_observer(installed.observer)
+    queue.uninstall()
     processor = installed.processor
     if processor is None:
         return

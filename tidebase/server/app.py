@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tidebase.embedded import resolve_database_url
+from tidebase.reconciler import Reconciler, ReconcilerSettings
 from tidebase.server.auth import ApiKeyMiddleware
 from tidebase.server.config import ServerConfig
 from tidebase.server.database import open_store
@@ -37,7 +38,8 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = None) -> Starlette:
     """The app; its lifespan opens the store (migrating, or refusing while migrations are
-    pending) and the event hub, and closes both on shutdown.
+    pending), the event hub and the reconciler (which also sends recovery webhooks), and
+    closes them on shutdown.
 
     Request spans go to `tracer_provider` if given, else to the global OpenTelemetry provider.
     """
@@ -58,11 +60,22 @@ def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = Non
         except BaseException:
             await store.close()
             raise
+        reconciler = Reconciler(
+            store,
+            ReconcilerSettings(
+                interval_ms=config.reconcile_ms,
+                throttle_ms=config.recovery_throttle_ms,
+                webhook_secret=config.webhook_secret,
+            ),
+        )
+        reconciler.start()
         app.state.store = store
         app.state.hub = hub
+        app.state.reconciler = reconciler
         try:
             yield
         finally:
+            await reconciler.close()
             await hub.close()
             await store.close()
 

@@ -48,6 +48,11 @@ class ServerConfig:
         pending (TIDEBASE_AUTO_MIGRATE=0).
     pool_min/pool_max: Postgres connection pool size (TIDEBASE_POOL_MIN/TIDEBASE_POOL_MAX).
     sse_keepalive_s: idle SSE streams get a comment line this often (and re-check the log).
+    reconcile_ms: reconciler tick interval, 0 = off (TIDEBASE_RECONCILE_MS, default 5000).
+    recovery_throttle_ms: at most one recovery request per stalled run this often
+        (TIDEBASE_RECOVERY_THROTTLE_MS, default 30000).
+    webhook_secret: signs recovery webhooks (TIDEBASE_WEBHOOK_SECRET); without it they are
+        not sent.
     """
 
     database_url: str | None = None
@@ -58,6 +63,9 @@ class ServerConfig:
     pool_min: int = 2
     pool_max: int = 10
     sse_keepalive_s: float = 15.0
+    reconcile_ms: int = 5000
+    recovery_throttle_ms: int = 30_000
+    webhook_secret: str | None = None
 
     @classmethod
     def from_env(cls) -> ServerConfig:
@@ -77,4 +85,9 @@ class ServerConfig:
             pool_max=_env_int(
                 "TIDEBASE_POOL_MAX", max(10, pool_min), minimum=pool_min, maximum=1000
             ),
+            reconcile_ms=_env_int("TIDEBASE_RECONCILE_MS", 5000, minimum=0, maximum=86_400_000),
+            recovery_throttle_ms=_env_int(
+                "TIDEBASE_RECOVERY_THROTTLE_MS", 30_000, minimum=0, maximum=86_400_000
+            ),
+            webhook_secret=os.environ.get("TIDEBASE_WEBHOOK_SECRET") or None,
         )

@@ -112,6 +112,26 @@ class UsageRecord:
     metadata: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """A run to enqueue. `input` is encoded JSON; times are absolute (`run_at`) or relative to
+    the database clock (`delay_ms`, `deadline_ms`); `span` is the enqueuing span (each attempt's
+    processing span links to it)."""
+
+    workflow: str
+    input: Any = None
+    metadata: dict[str, Any] | None = None
+    recovery_webhook: str | None = None
+    channels: list[dict[str, Any]] | None = None
+    dedupe_key: str | None = None
+    run_at: Any = None
+    delay_ms: int | None = None
+    max_attempts: int = 1
+    priority: int = 0
+    deadline_ms: int | None = None
+    span: SpanRef | None = None
+
+
 class Store(Protocol):
     """What the SDK needs from a store."""
 
@@ -127,6 +147,7 @@ class Store(Protocol):
         *,
         create: bool,
         span: SpanRef | None,
+        recovery_webhook: str | None = None,
     ) -> BeginResult: ...
 
     async def heartbeat(self, run_id: str, owner: str, lease_ms: int) -> None: ...
@@ -137,7 +158,28 @@ class Store(Protocol):
 
     async def fail_run(
         self, run_id: str, owner: str, error: dict[str, Any], failure_class: str | None
-    ) -> None: ...
+    ) -> bool: ...
+
+    async def cancel_run(
+        self, run_id: str, reason: str | None, actor: str | None
+    ) -> dict[str, Any]: ...
+
+    async def enqueue(self, queue: str, request: EnqueueRequest) -> dict[str, Any]: ...
+
+    async def claim(
+        self, queues: list[str], owner: str, limit: int, lease_ms: int
+    ) -> list[dict[str, Any]]: ...
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None,
+        rate_per_minute: int | None,
+        invoke_url: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def list_queues(self) -> list[dict[str, Any]]: ...
 
     async def start_step(self, key: StepKey, lease_ms: int) -> StepWrite: ...
 

@@ -50,7 +50,14 @@ from tidebase.errors import (
     TidebaseError,
 )
 from tidebase.hooks import SpanRef
-from tidebase.store.base import BeginResult, StepKey, StepRecord, StepWrite, UsageRecord
+from tidebase.store.base import (
+    BeginResult,
+    EnqueueRequest,
+    StepKey,
+    StepRecord,
+    StepWrite,
+    UsageRecord,
+)
 
 try:
     from opentelemetry.propagate import inject as _inject_trace_context
@@ -347,6 +354,7 @@ class HttpStore:
         *,
         create: bool,
         span: SpanRef | None,
+        recovery_webhook: str | None = None,
     ) -> BeginResult:
         path = self._run_path(run_id, "/begin")
         body = {
@@ -358,6 +366,8 @@ class HttpStore:
             "traceId": span.trace_id if span else None,
             "spanId": span.span_id if span else None,
         }
+        if recovery_webhook is not None:
+            body["recoveryWebhook"] = recovery_webhook
         response = await self._request("POST", path, body, idempotent=True)
         data = self._decode(response)
         if response.status_code >= 400 and not (
@@ -386,20 +396,91 @@ class HttpStore:
             "POST", self._run_path(run_id, "/release"), {"leaseOwner": owner}, run_id=run_id
         )
 
-    async def _finish(self, run_id: str, suffix: str, body: dict[str, Any]) -> None:
+    async def _finish(self, run_id: str, suffix: str, body: dict[str, Any]) -> dict[str, Any]:
         data = await self._call("POST", self._run_path(run_id, suffix), body, run_id=run_id)
         if data.get("outcome") == "cancelled":
             raise RunCancelled(run_id, (data.get("run") or {}).get("cancelReason"))
+        return data
 
     async def complete_run(self, run_id: str, owner: str, result: Any) -> None:
         await self._finish(run_id, "/complete", {"result": result, "leaseOwner": owner})
 
     async def fail_run(
         self, run_id: str, owner: str, error: dict[str, Any], failure_class: str | None
-    ) -> None:
-        await self._finish(
+    ) -> bool:
+        data = await self._finish(
             run_id, "/fail", {"error": error, "failureClass": failure_class, "leaseOwner": owner}
         )
+        return bool(data.get("requeued"))
+
+    async def cancel_run(
+        self, run_id: str, reason: str | None, actor: str | None
+    ) -> dict[str, Any]:
+        path = self._run_path(run_id, "/cancel")
+        response = await self._request(
+            "POST", path, {"reason": reason, "actor": actor}, idempotent=True
+        )
+        data = self._decode(response)
+        if response.status_code == 409 and isinstance(data, dict) and data.get("run"):
+            return {"outcome": "completed", "run": data["run"]}
+        if response.status_code >= 400:
+            raise self._fail(response, path, run_id)
+        return {"outcome": data.get("outcome", "cancelled"), "run": data["run"]}
+
+    # -- queues ----------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, request: EnqueueRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "workflowName": request.workflow,
+            "input": request.input,
+            "metadata": request.metadata,
+            "recoveryWebhook": request.recovery_webhook,
+            "channels": request.channels,
+            "dedupeKey": request.dedupe_key,
+            "delayMs": request.delay_ms,
+            "runAt": request.run_at.isoformat() if request.run_at is not None else None,
+            "maxAttempts": request.max_attempts,
+            "priority": request.priority,
+            "deadlineMs": request.deadline_ms,
+            "traceId": request.span.trace_id if request.span else None,
+            "spanId": request.span.span_id if request.span else None,
+        }
+        return await self._call(
+            "POST",
+            f"/queues/{quote(queue, safe='')}/enqueue",
+            {k: v for k, v in body.items() if v is not None},
+            idempotent=request.dedupe_key is not None,
+        )
+
+    async def claim(
+        self, queues: list[str], owner: str, limit: int, lease_ms: int
+    ) -> list[dict[str, Any]]:
+        data = await self._call(
+            "POST",
+            "/queues/claim",
+            {"queues": queues, "leaseOwner": owner, "limit": limit, "leaseMs": lease_ms},
+            idempotent=False,
+        )
+        return data["runs"]
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None,
+        rate_per_minute: int | None,
+        invoke_url: str | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "concurrency": concurrency,
+            "ratePerMinute": rate_per_minute,
+            "invokeUrl": invoke_url,
+        }
+        data = await self._call("PUT", f"/queues/{quote(queue, safe='')}/config", body)
+        return data["config"]
+
+    async def list_queues(self) -> list[dict[str, Any]]:
+        return (await self._call("GET", "/queues"))["queues"]
 
     # -- steps -----------------------------------------------------------------------------
 

@@ -26,7 +26,14 @@ from tidebase.errors import (
     TidebaseError,
 )
 from tidebase.hooks import SpanRef
-from tidebase.store.base import BeginResult, StepKey, StepRecord, StepWrite, UsageRecord
+from tidebase.store.base import (
+    BeginResult,
+    EnqueueRequest,
+    StepKey,
+    StepRecord,
+    StepWrite,
+    UsageRecord,
+)
 
 _CONNECTION_ERRORS = (
     OSError,
@@ -56,15 +63,15 @@ _RUN_STATUS = "SELECT status, lease_owner, cancel_reason FROM runs WHERE id = $1
 
 _FINISH_RUN = "SELECT tidebase_finish_run($1, $2, $3, $4, $5, $6)"
 
-_RELEASE_RUN = """
-WITH run AS (
-    UPDATE runs SET lease_expires_at = now(), updated_at = now()
-     WHERE id = $1 AND lease_owner = $2 AND status = 'running'
-    RETURNING id, attempt
+_RELEASE_RUN = "SELECT tidebase_release_run($1, $2)"
+_SET_RECOVERY_WEBHOOK = "SELECT tidebase_set_recovery_webhook($1, $2)"
+_CANCEL_RUN = "SELECT tidebase_wire_cancel_run($1, $2, $3)"
+_ENQUEUE = (
+    "SELECT tidebase_enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
-UPDATE run_attempts a SET status = 'interrupted', ended_at = now()
-  FROM run WHERE a.run_id = run.id AND a.attempt = run.attempt
-RETURNING a.attempt"""
+_CLAIM = "SELECT tidebase_claim($1, $2, $3, $4)"
+_SET_QUEUE_CONFIG = "SELECT tidebase_set_queue_config($1, $2, $3, $4)"
+_QUEUES = "SELECT tidebase_queues()"
 
 _READ_STATE = "SELECT run_id, value, version, updated_at FROM run_state WHERE run_id = $1"
 
@@ -233,6 +240,7 @@ class PostgresStore:
         *,
         create: bool,
         span: SpanRef | None,
+        recovery_webhook: str | None = None,
     ) -> BeginResult:
         data = await self._fetchval(
             _BEGIN_RUN,
@@ -247,6 +255,8 @@ class PostgresStore:
             run_id=run_id,
             idempotent=True,  # same owner beginning again keeps its attempt,
         )
+        if recovery_webhook is not None and data["outcome"] == "begun":
+            await self.set_recovery_webhook(run_id, recovery_webhook)
         previous = data.get("previous")
         return BeginResult(
             outcome=data["outcome"],
@@ -274,13 +284,16 @@ class PostgresStore:
         result: Any,
         error: Any,
         failure_class: str | None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Completes or fails the run under the lease: `{outcome, run, requeued}` (wire shape).
+        A failed queue run with attempts left is requeued with backoff instead (migrations/004:
+        the same rule as the server)."""
         async with self._conn(run_id) as conn:
             finished = await conn.fetchval(
                 _FINISH_RUN, run_id, owner, status, result, error, failure_class
             )
             if finished is not None:
-                return
+                return finished
             row = await conn.fetchrow(_RUN_STATUS, run_id)
         if row is None:
             raise RunNotFound(run_id)
@@ -297,8 +310,80 @@ class PostgresStore:
 
     async def fail_run(
         self, run_id: str, owner: str, error: dict[str, Any], failure_class: str | None
-    ) -> None:
-        await self._finish_run(run_id, owner, "failed", None, error, failure_class)
+    ) -> bool:
+        """Records the failure; True when the run was requeued (a queue run with attempts left)."""
+        finished = await self._finish_run(run_id, owner, "failed", None, error, failure_class)
+        return bool(finished.get("requeued"))
+
+    async def set_recovery_webhook(self, run_id: str, url: str) -> None:
+        """Sets the URL the server calls to resume the run after a failure or a lost worker."""
+        await self._fetchval(_SET_RECOVERY_WEBHOOK, run_id, url, run_id=run_id, idempotent=True)
+
+    async def cancel_run(
+        self, run_id: str, reason: str | None, actor: str | None
+    ) -> dict[str, Any]:
+        """Cancels the run (one-way): `{outcome: cancelled | already | completed, run}`."""
+        return await self._fetchval(
+            _CANCEL_RUN, run_id, reason, actor, run_id=run_id, idempotent=True
+        )
+
+    # -- queues ----------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, request: EnqueueRequest) -> dict[str, Any]:
+        """Enqueues a run (or finds the one holding the dedupe key): `{run, deduplicated}`."""
+        span = request.span
+        return await self._fetchval(
+            _ENQUEUE,
+            queue,
+            request.workflow,
+            request.input,
+            request.metadata,
+            request.recovery_webhook,
+            request.channels,
+            request.dedupe_key,
+            request.run_at,
+            request.delay_ms,
+            request.max_attempts,
+            request.priority,
+            request.deadline_ms,
+            span.trace_id if span else None,
+            span.span_id if span else None,
+            idempotent=request.dedupe_key is not None,
+            run_id="",
+        )
+
+    async def claim(
+        self, queues: list[str], owner: str, limit: int, lease_ms: int
+    ) -> list[dict[str, Any]]:
+        """Claims up to `limit` ready runs (wire shape), running under `owner`'s lease."""
+        data = await self._fetchval(
+            _CLAIM, queues, owner, limit, lease_ms, run_id="", idempotent=False
+        )
+        return data["runs"]
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None,
+        rate_per_minute: int | None,
+        invoke_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Replaces the queue's caps (None: no cap); the stored config."""
+        data = await self._fetchval(
+            _SET_QUEUE_CONFIG,
+            queue,
+            concurrency,
+            rate_per_minute,
+            invoke_url,
+            run_id="",
+            idempotent=True,
+        )
+        return data["config"]
+
+    async def list_queues(self) -> list[dict[str, Any]]:
+        """Every queue with runs or a config: counts by status, ready count, config."""
+        return (await self._fetchval(_QUEUES, run_id="", idempotent=True))["queues"]
 
     # -- steps -----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import asyncpg
 
 from tidebase.errors import StoreUnavailable, TidebaseError
 from tidebase.store.postgres import (
+    _CANCEL_RUN,
     _COMPLETE_STEP,
     _CONNECTION_ERRORS,
     _FAIL_STEP,
@@ -58,7 +59,6 @@ _CREATE_RUN = "SELECT tidebase_wire_create_run($1, $2, $3, $4, $5)"
 _BEGIN_RUN = "SELECT tidebase_wire_begin_run($1, $2, $3, $4, $5, $6, $7, $8)"
 _HEARTBEAT = "SELECT tidebase_wire_heartbeat($1, $2, $3)"
 _FINISH_RUN = "SELECT tidebase_wire_finish_run($1, $2, $3, $4, $5, $6)"
-_CANCEL_RUN = "SELECT tidebase_wire_cancel_run($1, $2, $3)"
 _RUN_DETAIL = "SELECT tidebase_wire_run_detail($1)"
 _RUN_EXISTS = "SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)"
 _LIST_RUNS = """

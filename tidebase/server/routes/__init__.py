@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from tidebase.server.routes import children, events, gates, later, runs, state, steps, usage
+from tidebase.server.routes import (
+    children,
+    events,
+    gates,
+    later,
+    queues,
+    recovery,
+    runs,
+    state,
+    steps,
+    usage,
+)
 
 
 def all_routes() -> list[BaseRoute]:
@@ -18,5 +29,7 @@ def all_routes() -> list[BaseRoute]:
         *events.routes,
         *gates.routes,
         *children.routes,
+        *queues.routes,
+        *recovery.routes,
         *later.routes,
     ]

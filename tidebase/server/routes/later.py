@@ -1,7 +1,7 @@
 """Routes of the reference API that this server does not serve yet.
 
-Queues, schedules and recovery webhooks belong to a later release: they answer 501 with a JSON
-error, so a client fails clearly instead of misreading a 404. The credential broker is not
+Schedules belong to a later release: they answer 501 with a JSON error, so a client fails
+clearly instead of misreading a 404. The credential broker is not
 part of this server: its routes answer 503 `broker_disabled`, as the reference does when it
 runs without an API key.
 """
@@ -22,8 +22,7 @@ async def not_implemented(request: Request) -> Response:
         501,
         "not implemented by this server yet",
         code="not_implemented",
-        message=f"{request.method} {request.url.path} (queues, schedules and recovery webhooks "
-        "come in a later release)",
+        message=f"{request.method} {request.url.path} (schedules come in a later release)",
     )
 
 
@@ -36,11 +35,8 @@ async def broker_disabled(request: Request) -> Response:
 
 
 routes = [
-    Route("/queues", not_implemented, methods=_ALL),
-    Route("/queues/{rest:path}", not_implemented, methods=_ALL),
     Route("/schedules", not_implemented, methods=_ALL),
     Route("/schedules/{rest:path}", not_implemented, methods=_ALL),
-    Route("/runs/{runId}/recover", not_implemented, methods=["POST"]),
     Route("/agents", broker_disabled, methods=_ALL),
     Route("/agents/{rest:path}", broker_disabled, methods=_ALL),
     Route("/resources", broker_disabled, methods=_ALL),

@@ -4,7 +4,8 @@ Extensions (ignored by 0.7 clients): `GET /runs` filters and paging; `POST /runs
 with a JSON body `{workflowName, input, create, leaseOwner, leaseMs, traceId, spanId}` that can
 create the run and answers with every checkpoint (`outcome`, `steps`, `previous`); `leaseMs` on
 heartbeat; `leaseOwner` on complete/fail, which fences the write by the run lease;
-`POST /runs/:id/release` for an interrupted worker to give its lease up.
+`POST /runs/:id/release` for an interrupted worker to give its lease up; `recoveryWebhook` on
+begin (sets the run's webhook); `outcome` on cancel (cancelled | already).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ async def begin_run(request: Request) -> Response:
     create = bool(body.boolean("create"))
     if create and workflow is None:
         raise BadRequest("workflowName", "is required when create is true")
+    webhook = body.url("recoveryWebhook")
     lease_ms = (
         body.integer("leaseMs", minimum=deps.MIN_LEASE_MS, maximum=deps.MAX_LEASE_MS)
         or deps.config(request).lease_ms
@@ -77,6 +79,9 @@ async def begin_run(request: Request) -> Response:
     )
     outcome = begun["outcome"]
     run = begun["run"]
+    if webhook is not None and outcome == "begun":
+        await deps.store(request).set_recovery_webhook(run_id, webhook)
+        run = {**run, "recoveryWebhook": webhook}
     if outcome == "cancelled":
         return error(409, "run is cancelled", code="run_cancelled", run=run, outcome=outcome)
     if outcome == "leased":
@@ -173,7 +178,7 @@ async def cancel_run(request: Request) -> Response:
     )
     if result["outcome"] == "completed":
         return error(409, "run already completed", run=result["run"])
-    return JSONResponse({"run": result["run"]})
+    return JSONResponse({"run": result["run"], "outcome": result["outcome"]})
 
 
 routes = [
