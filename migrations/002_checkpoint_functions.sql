@@ -294,7 +294,10 @@ BEGIN
         RETURN jsonb_build_object('inserted', false);
     END IF;
     PERFORM tidebase_append_event(p_run_id, 'usage.recorded',
-        jsonb_build_object('usageId', v_id, 'stepName', p_step_name, 'kind', p_kind));
+        jsonb_build_object('usageId', v_id, 'stepName', p_step_name,
+                           'kind', COALESCE(p_kind, 'custom'), 'provider', p_provider,
+                           'model', p_model, 'inputTokens', p_input_tokens,
+                           'outputTokens', p_output_tokens, 'costUsd', p_cost_usd));
     RETURN jsonb_build_object('inserted', true, 'id', v_id);
 END $$;
 
