@@ -8,7 +8,8 @@ the model-name lookup (sensitive data off) is exercised. The baseline is a proce
 callbacks do nothing, measured in the same run and interleaved with ours; the number that
 matters is the difference. A second reference, one bare OTel span per Agents span, shows how much
 of that difference is the OpenTelemetry SDK itself (span creation, sampling, id generation,
-batch queue). Not a timed test: it prints numbers.
+batch queue), and our processor with a no-op tracer shows the cost of its own logic. Not a
+timed test: it prints numbers.
 
     python bench/bench_agents_processor.py [--traces 2000] [--rounds 5]
 """
@@ -34,6 +35,7 @@ from agents.tracing import (
 from agents.usage import Usage, model_usage_to_span_usage
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import NoOpTracerProvider
 
 from tidebase_otel.agents import OTelAgentsProcessor
 
@@ -156,6 +158,10 @@ def main() -> None:
         "empty processor (baseline)": EmptyProcessor(),
         "bare OTel span per Agents span": NaiveOtelProcessor(provider),
         "OTelAgentsProcessor": OTelAgentsProcessor(tracer_provider=provider),
+        # Its own logic (mapping, parenting, bookkeeping) without the SDK's span work.
+        "OTelAgentsProcessor, no-op tracer": OTelAgentsProcessor(
+            tracer_provider=NoOpTracerProvider()
+        ),
         "OTelAgentsProcessor, content on": OTelAgentsProcessor(
             tracer_provider=provider, capture_content=True
         ),

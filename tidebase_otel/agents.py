@@ -59,6 +59,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agents.tracing import TracingProcessor, get_current_trace
+from agents.tracing import get_current_span as _current_agents_span
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
@@ -332,6 +333,12 @@ class OTelAgentsProcessor(TracingProcessor):
         with self._lock:
             self._usage_listeners = tuple(u for u in self._usage_listeners if u != listener)
 
+    def has_open_spans(self) -> bool:
+        """Whether any Agents span is open: a cheap test before `context_for_current_span`,
+        which can only find a span while one is open. Read without the lock: a span opened
+        concurrently by another thread is not the caller's current span anyway."""
+        return bool(self._spans)
+
     def context_for_current_span(
         self, context: otel_context.Context | None = None, *, under: int | None = None
     ) -> otel_context.Context | None:
@@ -344,9 +351,7 @@ class OTelAgentsProcessor(TracingProcessor):
         current in ``context``), so an unrelated Agents span never captures other work.
         """
         try:
-            from agents.tracing import get_current_span as current_agents_span
-
-            agents_span = current_agents_span()
+            agents_span = _current_agents_span()
             if agents_span is None:
                 return None
             with self._lock:

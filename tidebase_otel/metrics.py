@@ -156,6 +156,11 @@ class TidebaseMetrics:
 
     # ------------------------------------------------------------------ steps and runs
     def step_ended(self, workflow: str, outcome: str, duration_s: float | None) -> None:
+        # Called for every step. These two SDK calls are about a third of what tidebase_otel
+        # costs per step (~13 us each on the bench machine, a quarter of that for exemplars).
+        # Caching this two-entry dict would save nothing (building it costs ~60 ns, like the
+        # lookup), and OTel Python has no bound instruments: the SDK copies and hashes the
+        # attributes on every call whatever we pass, so this is already the fastest path.
         attrs = {sc.TIDEBASE_WORKFLOW: workflow, sc.TIDEBASE_STEP_OUTCOME: outcome}
         self._steps.add(1, attrs)
         if duration_s is not None:

@@ -71,7 +71,8 @@ def span_ref(span: otel_trace.Span) -> SpanRef | None:
     ctx = span.get_span_context()
     if not ctx.is_valid or not ctx.trace_flags.sampled:
         return None
-    return SpanRef(otel_trace.format_trace_id(ctx.trace_id), otel_trace.format_span_id(ctx.span_id))
+    # The formats of otel_trace.format_trace_id / format_span_id, inlined (once per step).
+    return SpanRef(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
 
 
 def span_context(ref: SpanRef | None) -> SpanContext | None:
@@ -170,7 +171,7 @@ class _AttemptSpan(AttemptTracker):
             attributes={sc.TIDEBASE_RUN_ID: info.run_id, sc.TIDEBASE_WORKFLOW: info.workflow},
         )
         self.span_ref = span_ref(self._span)
-        self._open_steps: dict[int, _StepSpan] = {}
+        self._open_steps: set[_StepSpan] = set()
         self._executed: set[str] = set()
         self._ended = False
 
@@ -199,7 +200,7 @@ class _AttemptSpan(AttemptTracker):
         if self._ended:
             return
         self._ended = True
-        for step in list(self._open_steps.values()):
+        for step in list(self._open_steps):
             step.interrupted(error)
         if isinstance(error, StepNeedsReview | StepFailedPermanently):
             self._parked_step(error)
@@ -247,13 +248,19 @@ class _AttemptSpan(AttemptTracker):
     def _parent_context(self) -> otel_context.Context:
         ctx = otel_context.get_current()
         agents = self._obs._agents
-        active = _active_span.get()
-        if agents is not None and active is not None:
-            # Inside an Agents run that began under our innermost span (a tool calling a step):
-            # nest under the Agents span (e.g. execute_tool), whatever span is current now.
-            inner = agents.context_for_current_span(ctx, under=active.get_span_context().span_id)
-            if inner is not None:
-                return inner
+        # has_open_spans() first: it is a cheap check, and false for every step that is not
+        # called from inside an Agents run.
+        if agents is not None and agents.has_open_spans():
+            active = _active_span.get()
+            if active is not None:
+                # Inside an Agents run that began under our innermost span (a tool calling a
+                # step): nest under the Agents span (e.g. execute_tool), whatever span is
+                # current now.
+                inner = agents.context_for_current_span(
+                    ctx, under=active.get_span_context().span_id
+                )
+                if inner is not None:
+                    return inner
         if not otel_trace.get_current_span(ctx).get_span_context().is_valid:
             # Called from a context that lost the run span (e.g. a callback): keep the tree.
             ctx = otel_trace.set_span_in_context(self._span, ctx)
@@ -272,12 +279,13 @@ class _AttemptSpan(AttemptTracker):
             links.append(Link(executed_by, {sc.TIDEBASE_LINK_TYPE: sc.LINK_EXECUTED_BY}))
         attrs = _step_attributes(step, replayed=True)
         attrs[sc.TIDEBASE_STEP_OUTCOME] = sc.OUTCOME_REPLAYED
-        avoided = obs._metrics.replayed(step.workflow, info.usage)
-        if avoided.input_tokens or avoided.output_tokens:
-            attrs[sc.TIDEBASE_REPLAY_INPUT_TOKENS_AVOIDED] = avoided.input_tokens
-            attrs[sc.TIDEBASE_REPLAY_OUTPUT_TOKENS_AVOIDED] = avoided.output_tokens
-        if avoided.cost_usd is not None:
-            attrs[sc.TIDEBASE_REPLAY_COST_AVOIDED_USD] = avoided.cost_usd
+        if info.usage:  # most steps record no usage: nothing was avoided
+            avoided = obs._metrics.replayed(step.workflow, info.usage)
+            if avoided.input_tokens or avoided.output_tokens:
+                attrs[sc.TIDEBASE_REPLAY_INPUT_TOKENS_AVOIDED] = avoided.input_tokens
+                attrs[sc.TIDEBASE_REPLAY_OUTPUT_TOKENS_AVOIDED] = avoided.output_tokens
+            if avoided.cost_usd is not None:
+                attrs[sc.TIDEBASE_REPLAY_COST_AVOIDED_USD] = avoided.cost_usd
         span = obs._tracer.start_span(
             sc.SPAN_STEP.format(step=_short(step.name)),
             context=self._parent_context(),
@@ -296,6 +304,27 @@ class _AttemptSpan(AttemptTracker):
 
 
 class _StepSpan(StepTracker):
+    """The span of one step (all its tries), and the context manager of each try.
+
+    `running` returns the tracker itself rather than a ``@contextmanager`` generator: that is
+    cheaper on every step, and the tries of a step never overlap (the next try begins after
+    the previous one has exited).
+    """
+
+    __slots__ = (
+        "_active_token",
+        "_attempt",
+        "_context_token",
+        "_ended",
+        "_info",
+        "_last_error",
+        "_span",
+        "_tries",
+        "_usage_token",
+        "_usage_writes",
+        "span_ref",
+    )
+
     def __init__(self, attempt: _AttemptSpan, info: StepInfo, parent: otel_context.Context) -> None:
         self._attempt = attempt
         self._info = info
@@ -309,23 +338,30 @@ class _StepSpan(StepTracker):
         self._tries = 0
         self._last_error: BaseException | None = None
         self._ended = False
+        self._usage_token: Any = None  # the ledger's token for the current try
         self._usage_writes: Any = None  # ledger writes of the last try, awaited by settle()
-        attempt._open_steps[id(self)] = self
+        self._active_token: Any = None
+        self._context_token: Any = None
+        attempt._open_steps.add(self)
 
-    @contextlib.contextmanager
-    def running(self, try_number: int) -> Iterator[None]:
+    def running(self, try_number: int) -> _StepSpan:
         self._tries = try_number
+        return self
+
+    def __enter__(self) -> None:
+        # The step span is current while the step function runs (user, HTTP-client and Agents
+        # spans nest under it); _active_span tells the Agents processor which span that is.
         ledger = self._attempt._obs._ledger
-        usage_token = ledger.begin_try() if ledger is not None else None
-        active_token = _active_span.set(self._span)
-        token = otel_context.attach(otel_trace.set_span_in_context(self._span))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
-            _active_span.reset(active_token)
-            if ledger is not None:
-                self._usage_writes = ledger.end_try(usage_token)
+        self._usage_token = ledger.begin_try() if ledger is not None else None
+        self._active_token = _active_span.set(self._span)
+        self._context_token = otel_context.attach(otel_trace.set_span_in_context(self._span))
+
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self._context_token)
+        _active_span.reset(self._active_token)
+        ledger = self._attempt._obs._ledger
+        if ledger is not None:
+            self._usage_writes = ledger.end_try(self._usage_token)
 
     async def settle(self, try_number: int) -> None:
         ledger = self._attempt._obs._ledger
@@ -366,7 +402,7 @@ class _StepSpan(StepTracker):
         if self._ended:
             return
         self._ended = True
-        self._attempt._open_steps.pop(id(self), None)
+        self._attempt._open_steps.discard(self)
         span = self._span
         attrs: dict[str, Any] = {
             sc.TIDEBASE_STEP_OUTCOME: outcome,
