@@ -409,5 +409,19 @@ BEGIN
         jsonb_build_object('stepId', s.id, 'name', s.name, 'status', s.status,
                            'resolution', CASE WHEN p_status = 'completed' THEN 'output'
                                               ELSE 'retry' END));
-    RETURN jsonb_build_object('id', s.id, 'status', s.status);
+    IF r.status = 'failed' AND r.failure_class = 'manual_review' THEN
+        -- No longer parked. A queue run goes back to its queue so a worker resumes it; any
+        -- other run resumes when it is invoked again.
+        UPDATE runs SET failure_class = NULL, updated_at = now(),
+                        status = CASE WHEN queue IS NOT NULL THEN 'queued' ELSE status END,
+                        run_at = CASE WHEN queue IS NOT NULL THEN now() ELSE run_at END
+         WHERE id = p_run_id;
+        IF r.queue IS NOT NULL THEN
+            PERFORM tidebase_append_event(p_run_id, 'run.requeued',
+                jsonb_build_object('reason', 'step resolved', 'step', s.name));
+        END IF;
+    END IF;
+    RETURN jsonb_build_object('id', s.id, 'status', s.status, 'requeued',
+                              r.status = 'failed' AND r.queue IS NOT NULL
+                              AND r.failure_class = 'manual_review');
 END $$;

@@ -197,3 +197,31 @@ async def test_rate_limit_holds_under_competing_workers(tide, make_client):
 async def test_enqueue_rejects_bad_arguments(tide, kwargs):
     with pytest.raises((ValueError, TypeError)):
         await tide.enqueue("wf", **{"queue": "q", **kwargs})
+
+
+async def test_resolving_a_parked_queue_run_requeues_it(tide):
+    queue = qname()
+    writes = []
+
+    @tide.workflow("parks")
+    async def parks(run, _):
+        def write():
+            writes.append(1)
+            raise TimeoutError("created or not?")
+
+        return await run.step("write", write, side_effects=["tickets.create"])
+
+    queued = await tide.enqueue("parks", queue=queue, max_attempts=3)
+    await tide.work(queue, until_idle=True, handle_signals=False)
+    detail = await tide.get_run(queued.run_id)
+    assert (detail["run"]["status"], detail["run"]["failure_class"]) == ("failed", "manual_review")
+    assert writes == [1]  # parked: not retried blindly although attempts are left
+
+    store = await tide.store()
+    await store.resolve_step(queued.run_id, "write", output={"ticket": 7})
+    assert (await tide.get_run(queued.run_id))["run"]["status"] == "queued"
+    await tide.work(queue, until_idle=True, handle_signals=False)
+    detail = await tide.get_run(queued.run_id)
+    assert detail["run"]["status"] == "completed"
+    assert detail["run"]["result"] == {"ticket": 7}
+    assert writes == [1]

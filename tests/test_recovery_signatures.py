@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -95,4 +96,37 @@ async def test_asgi_handler_verifies_and_resumes_the_registered_workflow(tide):
         missing = await client.post("/", content=unknown, headers=sign_delivery(unknown, SECRET))
         assert missing.status_code == 404
     assert calls == [1]  # the step replayed on resume
+    assert (await tide.get_run(run_id))["run"]["status"] == "completed"
+
+
+async def test_handler_never_creates_runs_and_answers_202_only_holding_the_lease(tide):
+    release = asyncio.Event()
+
+    @tide.workflow("slow")
+    async def slow(run, _):
+        await run.step("wait", release.wait)
+        return "done"
+
+    handler = RecoveryHandler(tide, SECRET)
+    unknown = payload(new_run_id(), "slow")
+    missing = await handler.handle(sign_delivery(unknown, SECRET), unknown)
+    assert missing.status == 404 and missing.body["outcome"] == "not_found"
+
+    run_id = new_run_id()
+    with pytest.raises(RuntimeError):
+
+        async def fail_first(run, _):
+            raise RuntimeError("first attempt")
+
+        await tide.run("slow", fail_first, run_id=run_id)
+    body = payload(run_id, "slow")
+    answer = await handler.handle(sign_delivery(body, SECRET), body)
+    assert answer.status == 202
+    detail = await tide.get_run(run_id)
+    assert detail["run"]["status"] == "running" and detail["run"]["attempt"] == 2
+    release.set()
+    for _ in range(100):
+        if (await tide.get_run(run_id))["run"]["status"] == "completed":
+            break
+        await asyncio.sleep(0.05)
     assert (await tide.get_run(run_id))["run"]["status"] == "completed"

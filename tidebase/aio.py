@@ -506,6 +506,9 @@ class RunContext:
                 if not isinstance(exc, TidebaseError):
                     with contextlib.suppress(AttributeError, TypeError):
                         exc._tidebase_user_error = True  # type: ignore[attr-defined]
+                        if status == "manual_review":
+                            # the run fails as parked: never requeued or retried blindly
+                            exc._tidebase_parked = True  # type: ignore[attr-defined]
                 raise
             finally:
                 _current_step.reset(token)
@@ -741,6 +744,8 @@ class AsyncTidebase:
         run_id: str | None = None,
         input: Any = None,
         recovery_webhook: str | None = None,
+        create: bool = True,
+        observers: Sequence[RunObserver] = (),
     ) -> Any:
         """Runs (or resumes) `fn(run, input)` as run `run_id` of `workflow_name`.
 
@@ -751,6 +756,8 @@ class AsyncTidebase:
         run fails or its worker's lease expires (see `tidebase.recovery`).
         A run cancelled meanwhile (`tide.cancel`) stops at its next step boundary or lease
         heartbeat (the workflow function is cancelled) and raises `RunCancelled`.
+        `create=False` only resumes: an unknown `run_id` raises `RunNotFound`. `observers` are
+        added to the client's observers for this call.
         """
         _check_name("workflow name", workflow_name)
         if run_id is None:
@@ -759,7 +766,14 @@ class AsyncTidebase:
         if recovery_webhook is not None:
             check_webhook_url(recovery_webhook)
         return await self._run(
-            workflow_name, fn, run_id, input, _worker_id(), recovery_webhook=recovery_webhook
+            workflow_name,
+            fn,
+            run_id,
+            input,
+            _worker_id(),
+            recovery_webhook=recovery_webhook,
+            create=create,
+            observers=observers,
         )
 
     async def _run(
@@ -772,6 +786,8 @@ class AsyncTidebase:
         *,
         recovery_webhook: str | None = None,
         outcome: AttemptOutcome | None = None,
+        create: bool = True,
+        observers: Sequence[RunObserver] = (),
     ) -> Any:
         """One attempt under lease owner `owner` (a queue worker passes its claim's owner, so
         the attempt the claim counted is continued). `outcome` receives whether a failure
@@ -781,7 +797,7 @@ class AsyncTidebase:
         )
         store = await self.store()
         info = AttemptInfo(run_id=run_id, workflow=workflow_name)
-        tracker = _start_attempt([*global_observers(), *self._observers], info)
+        tracker = _start_attempt([*global_observers(), *self._observers, *observers], info)
         try:
             begun = await store.begin_run(
                 run_id,
@@ -789,7 +805,7 @@ class AsyncTidebase:
                 encoded_input,
                 owner,
                 self.lease_ms,
-                create=True,
+                create=create,
                 span=tracker.span_ref,
                 recovery_webhook=recovery_webhook,
             )
@@ -893,7 +909,8 @@ class AsyncTidebase:
                 _log.warning("could not release run %r: %r", ctx.run_id, release_error)
             tracker.finished("interrupted", error=exc)
             return False
-        failure_class = "manual_review" if isinstance(exc, StepNeedsReview) else None
+        parked = isinstance(exc, StepNeedsReview) or getattr(exc, "_tidebase_parked", False)
+        failure_class = "manual_review" if parked else None
         requeued = False
         try:
             requeued = bool(

@@ -48,12 +48,24 @@ def _summarize_output(output: Any) -> str:
 # -- commands --------------------------------------------------------------------------------
 
 
+def _refuse_server_url(command: str, why: str) -> None:
+    """Commands that work on the database itself must not silently use another one."""
+    url = os.environ.get("TIDEBASE_URL", "")
+    has_db = os.environ.get("TIDEBASE_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url.startswith(("http://", "https://")) and not has_db:
+        raise TidebaseError(
+            f"`tidebase {command}` works on the database, but TIDEBASE_URL points at a server "
+            f"({url.split('@')[-1]}); {why}. Set DATABASE_URL to run it against a database."
+        )
+
+
 async def _migrate(args: argparse.Namespace) -> int:
     import asyncpg
 
     from tidebase import migrate
     from tidebase.embedded import redact_url, resolve_database_url
 
+    _refuse_server_url("migrate", "the server applies migrations at start")
     url = resolve_database_url(announce=True)
     conn = await asyncpg.connect(url)
     try:
@@ -190,11 +202,18 @@ async def _runs_resolve(args: argparse.Namespace) -> int:
             return 2
     client, store = await _open_store(_store_url())
     try:
-        await store.resolve_step(args.run_id, args.step, retry=args.retry, output=output)
+        resolved = await store.resolve_step(
+            args.run_id, args.step, retry=args.retry, output=output
+        )
     finally:
         await client.close()
     what = "will execute again" if args.retry else "is completed with the given output"
-    print(f"step {args.step!r} of run {args.run_id} {what} on the next invocation")
+    when = (
+        "when a queue worker picks the run up (it was requeued)"
+        if isinstance(resolved, dict) and resolved.get("requeued")
+        else "on the next invocation"
+    )
+    print(f"step {args.step!r} of run {args.run_id} {what} {when}")
     return 0
 
 
@@ -293,6 +312,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
     from tidebase.reconciler import Reconciler, ReconcilerSettings
     from tidebase.store.postgres import PostgresStore
 
+    _refuse_server_url("reconcile", "the server reconciles by itself")
     url = os.environ.get("TIDEBASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
         from tidebase.embedded import resolve_database_url
@@ -356,6 +376,16 @@ def _limit_big(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86_400 or value != value:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidebase", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -398,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", action="append", required=True, help="repeat for several")
     worker.add_argument("--concurrency", type=_limit, default=1, help="runs at once (default 1)")
     worker.add_argument(
-        "--grace-period", type=float, default=30.0, help="seconds to finish work on SIGTERM"
+        "--grace-period", type=_seconds, default=30.0, help="seconds to finish work on SIGTERM"
     )
 
     reconcile = sub.add_parser(
@@ -437,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     except TidebaseError as exc:
         print(f"tidebase: {exc}", file=sys.stderr)
         return 1
+    except (ValueError, TypeError) as exc:
+        print(f"tidebase: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

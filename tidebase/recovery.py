@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tidebase.errors import TidebaseError
+from tidebase.errors import RunLeased, RunNotFound, TidebaseError
+from tidebase.hooks import AttemptInfo, AttemptTracker, RunObserver
 
 if TYPE_CHECKING:
     from tidebase.aio import AsyncTidebase
@@ -200,19 +201,34 @@ class RecoveryHandler:
         if fn is None:
             return RecoveryResult(404, {"error": f"no workflow registered for {workflow!r}"})
         run_id = payload["runId"]
-        resume = self._resume(workflow, fn, run_id)
+        leased = _LeaseTaken()
+        resume = asyncio.create_task(self._resume(workflow, fn, run_id, leased))
         if self._wait:
             outcome = await resume
             return RecoveryResult(200, {"runId": run_id, "outcome": outcome})
-        task = asyncio.create_task(resume)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # Answer only once this process holds the run (or could not take it): a 202 means the
+        # run is really being resumed, so the server's delivery record can be trusted; any
+        # error answer makes the server try again later.
+        taken = asyncio.create_task(leased.event.wait())
+        await asyncio.wait({resume, taken}, return_when=asyncio.FIRST_COMPLETED)
+        taken.cancel()
+        if not leased.event.is_set():
+            outcome = resume.result()
+            return RecoveryResult(_status_for(outcome), {"runId": run_id, "outcome": outcome})
+        self._tasks.add(resume)
+        resume.add_done_callback(self._tasks.discard)
         return RecoveryResult(202, {"runId": run_id, "outcome": "resuming"})
 
-    async def _resume(self, workflow: str, fn: Callable[..., Awaitable[Any]], run_id: str) -> str:
+    async def _resume(
+        self, workflow: str, fn: Callable[..., Awaitable[Any]], run_id: str, leased: _LeaseTaken
+    ) -> str:
         try:
-            await self._tide.run(workflow, fn, run_id=run_id)
+            await self._tide.run(workflow, fn, run_id=run_id, create=False, observers=[leased])
             return "completed"
+        except RunNotFound:
+            return "not_found"
+        except RunLeased:
+            return "leased"
         except Exception as exc:  # noqa: BLE001 - reported to the caller, logged here
             _log.warning("resuming run %s after a recovery delivery failed: %s", run_id, exc)
             return f"failed: {type(exc).__name__}: {exc}"
@@ -242,6 +258,33 @@ class RecoveryHandler:
             await _respond(send, result.status, result.body)
 
         return app
+
+
+class _LeaseTaken(RunObserver):
+    """Observer that signals when the resumed attempt holds the run lease."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def attempt(self, info: AttemptInfo) -> AttemptTracker:
+        event = self.event
+
+        class _Tracker(AttemptTracker):
+            def begun(self, info: AttemptInfo) -> None:
+                event.set()
+
+        return _Tracker()
+
+
+def _status_for(outcome: str) -> int:
+    """The HTTP answer when the run could not be taken: the server retries what is retryable."""
+    if outcome == "not_found":
+        return 404
+    if outcome == "leased":
+        return 409  # another worker already resumed it
+    if outcome == "completed":
+        return 200  # already completed: nothing to resume
+    return 503  # could not begin (e.g. the store is unreachable): try again later
 
 
 async def _respond(send: Any, status: int, body: dict[str, Any]) -> None:
