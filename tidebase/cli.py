@@ -131,7 +131,9 @@ def render_run(detail: dict[str, Any]) -> str:
     lines.append("\nattempts:")
     for a in detail.get("attempts", []):
         trace = a.get("trace_id") or "-"
-        link = f"  {trace_url.format(trace_id=trace)}" if trace_url and a.get("trace_id") else ""
+        link = ""
+        if trace_url and a.get("trace_id"):
+            link = "  " + trace_url.replace("{trace_id}", trace)
         lines.append(f"  #{a['attempt']:<3} {a['status']:<10} trace {trace}{link}")
     lines.append("\nsteps:")
     usage_by_step: dict[str, list[dict[str, Any]]] = {}

@@ -21,6 +21,10 @@ What `configure` does, per signal (traces, metrics):
   the sampler (``OTEL_TRACES_SAMPLER``).
 * ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp`` (default), ``console`` or
   ``none`` (that signal is not configured). ``OTEL_SDK_DISABLED=true`` turns all of it off.
+* ``OTEL_METRICS_EXPORTER`` may also name ``prometheus``, alone or in a list with the others
+  (``otlp,prometheus``): the metrics are then also served for Prometheus scraping on
+  ``OTEL_EXPORTER_PROMETHEUS_HOST``:``OTEL_EXPORTER_PROMETHEUS_PORT`` (default 127.0.0.1:9464;
+  see `tidebase_otel.prometheus`). A port that cannot be bound is logged, never raised.
 """
 
 from __future__ import annotations
@@ -127,6 +131,27 @@ def _exporter_choice(signal: str) -> str:
     return choice
 
 
+_METRIC_EXPORTERS = frozenset(("otlp", "console", "prometheus"))
+
+
+def _metric_exporter_choices() -> list[str]:
+    """``OTEL_METRICS_EXPORTER`` as a list: any of otlp, console, prometheus; [] for none."""
+    raw = os.environ.get(_ENV_EXPORTER["metrics"], "otlp").strip().lower() or "otlp"
+    choices: list[str] = []
+    for name in (part.strip() for part in raw.split(",")):
+        if name == "none":
+            return []
+        if name not in _METRIC_EXPORTERS:
+            _log.warning(
+                "tidebase_otel: %s lists %r, which configure() does not support; ignoring it",
+                _ENV_EXPORTER["metrics"],
+                name,
+            )
+        elif name not in choices:
+            choices.append(name)
+    return choices or ["otlp"]
+
+
 def _tracer_provider_is_set() -> bool:
     return not isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider)
 
@@ -179,20 +204,40 @@ def configure(service_name: str | None = None, endpoint: str | None = None) -> C
     metrics = False
     if _meter_provider_is_set():
         _log.info("tidebase_otel: a MeterProvider is already set; configure() leaves it alone")
-    elif (choice := _exporter_choice("metrics")) != "none":
+    elif choices := _metric_exporter_choices():
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import (
             ConsoleMetricExporter,
             PeriodicExportingMetricReader,
         )
 
-        exporter = ConsoleMetricExporter() if choice == "console" else metric_exporter(endpoint)
-        meter_provider = MeterProvider(
-            resource=resource, metric_readers=[PeriodicExportingMetricReader(exporter)]
-        )
+        readers = [
+            PeriodicExportingMetricReader(
+                ConsoleMetricExporter() if choice == "console" else metric_exporter(endpoint)
+            )
+            for choice in choices
+            if choice != "prometheus"
+        ]
+        if "prometheus" in choices:
+            meter_provider = _prometheus_meter_provider(resource, readers)
+        else:
+            meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         otel_metrics.set_meter_provider(meter_provider)
         metrics = True
 
     return Configured(
         otel_trace.get_tracer_provider(), otel_metrics.get_meter_provider(), traces, metrics
     )
+
+
+def _prometheus_meter_provider(resource: Any, readers: list[Any]) -> Any:
+    """The Prometheus-exposed provider (with `readers` too), its endpoint started from the
+    ``OTEL_EXPORTER_PROMETHEUS_*`` variables; a failure to serve is logged, not raised."""
+    from . import prometheus
+
+    provider = prometheus.meter_provider(resource=resource, readers=readers, set_global=False)
+    try:
+        prometheus.start_metrics_server_from_env()
+    except (OSError, ValueError) as exc:
+        _log.warning("tidebase_otel: cannot serve Prometheus metrics: %s", exc)
+    return provider

@@ -36,6 +36,19 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return error(405, "method not allowed")
 
 
+
+def _metrics_routes() -> list[Route]:
+    """`/metrics` for Prometheus, served by the optional OpenTelemetry extension.
+
+    The checkpoint layer does not depend on tidebase_otel; the server mounts its endpoint when
+    the extension is installed (it answers 501 naming the missing extra otherwise).
+    """
+    try:
+        from tidebase_otel.prometheus import metrics_app
+    except ImportError:
+        return []
+    return [Route("/metrics", metrics_app(), methods=["GET"])]
+
 def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = None) -> Starlette:
     """The app; its lifespan opens the store (migrating, or refusing while migrations are
     pending), the event hub and the reconciler (which also sends recovery webhooks), and
@@ -80,7 +93,7 @@ def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = Non
             await store.close()
 
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), *all_routes()],
+        routes=[Route("/health", health, methods=["GET"]), *_metrics_routes(), *all_routes()],
         middleware=[
             Middleware(RawPathMiddleware),
             Middleware(TracingMiddleware, tracer_provider=tracer_provider),

@@ -59,6 +59,12 @@ def serve(
     url = config.database_url or resolve_database_url(announce=True)
     config = dataclasses.replace(config, database_url=url)
     asyncio.run(_prepare(config))
+    try:
+        from tidebase_otel.prometheus import meter_provider
+
+        meter_provider(service_name="tidebase-server")
+    except ImportError:  # no tidebase[otel]: /metrics answers 501 and says what to install
+        pass
     app = create_app(config)
     auth = "API key required" if config.api_key else "no API key (open)"
     print(
