@@ -7,7 +7,10 @@ Every `interval_ms` (TIDEBASE_RECONCILE_MS, default 5000) one tick runs across a
 - other running runs with a recovery webhook and an expired lease get a recovery request
   (at most one per run every TIDEBASE_RECOVERY_THROTTLE_MS, default 30 000);
 - runs past their deadline are cancelled with reason `deadline`;
-then due recovery webhooks are sent, when this process has TIDEBASE_WEBHOOK_SECRET.
+then due schedules are enqueued (migrations/005: every replica may try, the fenced update of a
+schedule's next run time lets exactly one enqueue each due time; missed intervals are skipped,
+the next run time is the first fire time after now), and due recovery webhooks are sent, when
+this process has TIDEBASE_WEBHOOK_SECRET.
 
 `tidebase serve` runs it; in direct mode run `tidebase reconcile`, or let queue workers tick
 (`tide.work(..., reconcile=True)`, the default in direct mode).
@@ -24,10 +27,12 @@ from typing import Any
 
 from tidebase.errors import ConfigurationError
 from tidebase.recovery_sender import RecoverySender
+from tidebase.schedules import BadCron, next_after
 from tidebase.store.maintenance import Maintenance
 from tidebase.store.postgres import PostgresStore
 
 _log = logging.getLogger("tidebase.reconciler")
+_NOTEWORTHY = ("requeued", "failed", "recoveryRequested", "deadlineCancelled", "scheduled")
 
 
 def _env_ms(name: str, default: int) -> int:
@@ -76,16 +81,38 @@ class Reconciler:
 
     async def tick(self) -> dict[str, Any]:
         """One tick: the summary of what the database side did (`ran` false when another
-        replica had the tick), plus `delivered`: recovery attempts sent by this process."""
+        replica had the tick), plus `scheduled`: schedules this process enqueued, and
+        `delivered`: recovery attempts sent by this process."""
         summary = await self.maintenance.reconcile(
             limit=self.settings.limit, throttle_ms=self.settings.throttle_ms
         )
+        summary["scheduled"] = await self.enqueue_due_schedules()
         summary["delivered"] = await self.sender.deliver_due() if self.sender else []
-        if summary.get("ran") and any(
-            summary.get(k) for k in ("requeued", "failed", "recoveryRequested", "deadlineCancelled")
-        ):
+        if any(summary.get(k) for k in _NOTEWORTHY):
             _log.info("reconciler tick: %s", {k: v for k, v in summary.items() if v})
         return summary
+
+    async def enqueue_due_schedules(self) -> list[dict[str, Any]]:
+        """Fires the due schedules: `[{schedule, dueAt, runId, nextRunAt}]` for those this
+        process enqueued (a due time another replica fired first is not listed)."""
+        fired = []
+        for name, cron, due, now in await self.maintenance.due_schedules(self.settings.limit):
+            try:
+                next_run_at = next_after(cron, max(now, due))
+            except BadCron as exc:  # checked when stored; only a croniter change could do this
+                _log.warning("schedule %r: cannot compute its next run: %s", name, exc)
+                continue
+            result = await self.maintenance.fire_schedule(name, due, next_run_at)
+            if result is not None:
+                fired.append(
+                    {
+                        "schedule": name,
+                        "dueAt": due.isoformat(),
+                        "runId": result["run"]["id"],
+                        "nextRunAt": next_run_at.isoformat(),
+                    }
+                )
+        return fired
 
     async def run_forever(self) -> None:
         """Ticks every interval until cancelled; a failing tick is logged and retried."""

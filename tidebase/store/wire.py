@@ -114,6 +114,14 @@ _GET_GATE = "SELECT tidebase_wire_get_gate($1, $2)"
 _RESOLVE_GATE = "SELECT tidebase_wire_resolve_gate($1, $2, $3, $4, $5, $6)"
 _CREATE_CHILD = "SELECT tidebase_wire_create_child($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
+_PUT_SCHEDULE = "SELECT tidebase_put_schedule($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_GET_SCHEDULE = "SELECT tidebase_wire_schedule(s) FROM schedules s WHERE s.name = $1"
+_LIST_SCHEDULES = """
+SELECT COALESCE(jsonb_agg(tidebase_wire_schedule(s) ORDER BY s.name), '[]'::jsonb)
+  FROM schedules s"""
+_DELETE_SCHEDULE = """
+WITH d AS (DELETE FROM schedules WHERE name = $1 RETURNING 1) SELECT EXISTS (SELECT 1 FROM d)"""
+
 _EVENTS_AFTER = """
 SELECT COALESCE(jsonb_agg(tidebase_wire_event(e) ORDER BY e.seq), '[]'::jsonb)
   FROM (SELECT * FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e"""
@@ -630,3 +638,45 @@ class WireStore(PostgresStore):
     async def events_after(self, run_id: str, after: int, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` events of the run with seq > `after`, in order."""
         return await self._call(_EVENTS_AFTER, run_id, after, limit, run_id=run_id)
+
+    # -- schedules (migrations/005) ---------------------------------------------------------
+
+    async def put_schedule(
+        self,
+        name: str,
+        *,
+        cron: str,
+        queue: str,
+        workflow: str,
+        input: Any,
+        metadata: dict[str, Any] | None,
+        max_attempts: int | None,
+        priority: int | None,
+        enabled: bool,
+        next_run_at: _dt.datetime,
+    ) -> dict[str, Any]:
+        """Creates or replaces a schedule: `{schedule, created}`. `next_run_at` applies unless
+        the schedule exists, stays enabled and keeps its cron (then its next run is kept)."""
+        return await self._call(
+            _PUT_SCHEDULE,
+            name,
+            cron,
+            queue,
+            workflow,
+            input,
+            metadata,
+            max_attempts,
+            priority,
+            enabled,
+            next_run_at,
+        )
+
+    async def get_schedule(self, name: str) -> dict[str, Any] | None:
+        return await self._call(_GET_SCHEDULE, name)
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        return await self._call(_LIST_SCHEDULES)
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Deletes the schedule; whether it existed."""
+        return await self._call(_DELETE_SCHEDULE, name)

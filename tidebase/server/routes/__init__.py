@@ -12,6 +12,7 @@ from tidebase.server.routes import (
     queues,
     recovery,
     runs,
+    schedules,
     state,
     steps,
     usage,
@@ -31,5 +32,6 @@ def all_routes() -> list[BaseRoute]:
         *children.routes,
         *queues.routes,
         *recovery.routes,
+        *schedules.routes,
         *later.routes,
     ]

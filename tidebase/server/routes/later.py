@@ -1,9 +1,8 @@
-"""Routes of the reference API that this server does not serve yet.
+"""Routes of the reference API that this server does not serve.
 
-Schedules belong to a later release: they answer 501 with a JSON error, so a client fails
-clearly instead of misreading a 404. The credential broker is not
-part of this server: its routes answer 503 `broker_disabled`, as the reference does when it
-runs without an API key.
+The credential broker is not part of this server: its routes answer 503 `broker_disabled`, as
+the reference does when it runs without an API key, so a client fails clearly instead of
+misreading a 404.
 """
 
 from __future__ import annotations
@@ -17,15 +16,6 @@ from tidebase.server.errors import error
 _ALL = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-async def not_implemented(request: Request) -> Response:
-    return error(
-        501,
-        "not implemented by this server yet",
-        code="not_implemented",
-        message=f"{request.method} {request.url.path} (schedules come in a later release)",
-    )
-
-
 async def broker_disabled(request: Request) -> Response:
     return error(
         503,
@@ -35,8 +25,6 @@ async def broker_disabled(request: Request) -> Response:
 
 
 routes = [
-    Route("/schedules", not_implemented, methods=_ALL),
-    Route("/schedules/{rest:path}", not_implemented, methods=_ALL),
     Route("/agents", broker_disabled, methods=_ALL),
     Route("/agents/{rest:path}", broker_disabled, methods=_ALL),
     Route("/resources", broker_disabled, methods=_ALL),
