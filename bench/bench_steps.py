@@ -111,13 +111,19 @@ async def main() -> None:
     print(f"direct mode, {args.steps} steps, median of {args.rounds} rounds")
     print(f"  baseline: raw asyncpg INSERT per step (autocommit)   {med['raw']:8.0f} steps/s")
     print(f"  baseline: raw asyncpg INSERT per step (BEGIN/COMMIT) {med['raw_tx']:8.0f} steps/s")
-    print(f"  tidebase first execution, one run                   {med['first']:8.0f} steps/s"
-          f"   ratio {med['first'] / med['raw']:.2f} x autocommit, "
-          f"{med['first'] / med['raw_tx']:.2f} x BEGIN/COMMIT (target >= 0.6)")
-    print(f"  tidebase replay of {args.steps} steps after begin       "
-          f"{med['replay_ms']:8.2f} ms (target < 20 ms)")
-    print(f"  tidebase {args.runs} concurrent runs x {args.runs} steps         "
-          f"{med['concurrent']:8.0f} steps/s")
+    print(
+        f"  tidebase first execution, one run                   {med['first']:8.0f} steps/s"
+        f"   ratio {med['first'] / med['raw']:.2f} x autocommit, "
+        f"{med['first'] / med['raw_tx']:.2f} x BEGIN/COMMIT (target >= 0.6)"
+    )
+    print(
+        f"  tidebase replay of {args.steps} steps after begin       "
+        f"{med['replay_ms']:8.2f} ms (target < 20 ms)"
+    )
+    print(
+        f"  tidebase {args.runs} concurrent runs x {args.runs} steps         "
+        f"{med['concurrent']:8.0f} steps/s"
+    )
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ def test_lease_ms_env_is_validated(pg_url, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["", "   ", "a\x00b", "tab\tname", "x" * 201, None, 5],
+    "name",
+    ["", "   ", "a\x00b", "tab\tname", "x" * 201, None, 5],
 )
 async def test_bad_step_names(tide, name):
     async def pipeline(run, _):

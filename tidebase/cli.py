@@ -204,9 +204,7 @@ async def _runs_resolve(args: argparse.Namespace) -> int:
             return 2
     client, store = await _open_store(_store_url())
     try:
-        resolved = await store.resolve_step(
-            args.run_id, args.step, retry=args.retry, output=output
-        )
+        resolved = await store.resolve_step(args.run_id, args.step, retry=args.retry, output=output)
     finally:
         await client.close()
     what = "will execute again" if args.retry else "is completed with the given output"

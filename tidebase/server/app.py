@@ -36,7 +36,6 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return error(405, "method not allowed")
 
 
-
 def _metrics_routes() -> list[Route]:
     """`/metrics` for Prometheus, served by the optional OpenTelemetry extension.
 
@@ -48,6 +47,7 @@ def _metrics_routes() -> list[Route]:
     except ImportError:
         return []
     return [Route("/metrics", metrics_app(), methods=["GET"])]
+
 
 def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = None) -> Starlette:
     """The app; its lifespan opens the store (migrating, or refusing while migrations are

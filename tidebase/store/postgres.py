@@ -66,9 +66,7 @@ _FINISH_RUN = "SELECT tidebase_finish_run($1, $2, $3, $4, $5, $6)"
 _RELEASE_RUN = "SELECT tidebase_release_run($1, $2)"
 _SET_RECOVERY_WEBHOOK = "SELECT tidebase_set_recovery_webhook($1, $2)"
 _CANCEL_RUN = "SELECT tidebase_wire_cancel_run($1, $2, $3)"
-_ENQUEUE = (
-    "SELECT tidebase_enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-)
+_ENQUEUE = "SELECT tidebase_enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 _CLAIM = "SELECT tidebase_claim($1, $2, $3, $4)"
 _SET_QUEUE_CONFIG = "SELECT tidebase_set_queue_config($1, $2, $3, $4)"
 _QUEUES = "SELECT tidebase_queues()"
