@@ -349,32 +349,6 @@ BEGIN
                               'version', v_state.version, 'updatedAt', v_state.updated_at);
 END $$;
 
--- Completes or fails the run under the caller's lease and closes the attempt.
--- Returns NULL when the caller does not hold the lease (the store then says why).
-CREATE FUNCTION tidebase_finish_run(
-    p_run_id text, p_owner text, p_status text, p_result jsonb, p_error jsonb,
-    p_failure_class text)
-RETURNS jsonb LANGUAGE plpgsql AS $$
-DECLARE
-    r runs;
-BEGIN
-    UPDATE runs
-       SET status = p_status, result = p_result, error = p_error, failure_class = p_failure_class,
-           lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
-           completed_at = CASE WHEN p_status = 'completed' THEN now() ELSE completed_at END
-     WHERE id = p_run_id AND lease_owner = p_owner AND status = 'running'
-    RETURNING * INTO r;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    UPDATE run_attempts SET status = p_status, error = p_error, ended_at = now()
-     WHERE run_id = p_run_id AND attempt = r.attempt;
-    PERFORM tidebase_append_event(p_run_id,
-        CASE WHEN p_status = 'completed' THEN 'run.completed' ELSE 'run.failed' END,
-        jsonb_build_object('attempt', r.attempt, 'failureClass', p_failure_class));
-    RETURN to_jsonb(r);
-END $$;
-
 -- Operator action on a step that cannot go on by itself (parked in manual review, failed for
 -- good, or left running by a dead worker): let it execute again, or record its output.
 -- Refused while a live worker holds the run, so a real result is never overwritten.

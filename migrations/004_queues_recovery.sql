@@ -2,8 +2,8 @@
 --
 -- * Queues: enqueue (with exact dedupe), claim (FOR UPDATE SKIP LOCKED, per-queue concurrency
 --   and per-minute rate caps under a per-queue advisory lock), queue config and counts.
--- * One requeue rule: tidebase_wire_finish_run (replaced here) decides requeue-with-backoff vs
---   fail; 002's tidebase_finish_run (direct mode) now delegates to it, and so does the reconciler.
+-- * One requeue rule: tidebase_wire_finish_run (defined here) decides requeue-with-backoff vs
+--   fail; tidebase_finish_run (direct mode) delegates to it, and so does the reconciler.
 -- * Recovery webhooks: a failed or stalled run with a recovery webhook gets a pending row in
 --   recovery_attempts; a sender (tidebase serve, or `tidebase reconcile`) claims due rows, POSTs
 --   the signed payload and records the result. At most one successful delivery per run attempt.
@@ -222,7 +222,7 @@ END $$;
 -- another attempt would stop at the same step. A run that ends failed with a recovery webhook
 -- gets a recovery request, unless parked for review, out of queue attempts, or it has already
 -- made max(maxAttempts, 3) attempts (so a deterministic failure is not recovered forever).
-CREATE OR REPLACE FUNCTION tidebase_wire_finish_run(
+CREATE FUNCTION tidebase_wire_finish_run(
     p_run_id text, p_owner text, p_status text, p_result jsonb, p_error jsonb,
     p_failure_class text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -297,7 +297,7 @@ END $$;
 
 -- Direct mode's finish (002) now goes through the same function as the server, so the requeue
 -- rule lives in one place. NULL when the caller does not hold the lease (the store says why).
-CREATE OR REPLACE FUNCTION tidebase_finish_run(
+CREATE FUNCTION tidebase_finish_run(
     p_run_id text, p_owner text, p_status text, p_result jsonb, p_error jsonb,
     p_failure_class text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
