@@ -8,6 +8,7 @@ checkpoint and a replay links to it; an attempt's run span links to the previous
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import asyncpg
@@ -137,6 +138,41 @@ async def test_run_and_step_spans_tree_attributes_and_stored_span_refs(
     for name in (sc.METRIC_TIDEBASE_STEPS, sc.METRIC_TIDEBASE_STEP_DURATION):
         for point in otel.metric_points(name):
             assert set(point.attributes) == {sc.TIDEBASE_WORKFLOW, sc.TIDEBASE_STEP_OUTCOME}
+
+
+async def test_step_spans_end_at_the_real_time_and_reach_the_processor_at_the_next_wait(
+    tide, otel: Telemetry
+):
+    """A pure step's span end is deferred to the run's next wait (off the step's critical
+    path) but keeps its real end time; a side-effecting step's span ends at once; everything
+    is ended before `tide.run` returns."""
+    seen: dict[str, list[str]] = {}
+
+    async def pipeline(run, _):
+        await run.step("pure", lambda: 1)
+        after_pure = time.time_ns()
+        seen["right after the pure step"] = [s.name for s in otel.spans()]
+        await asyncio.sleep(0)  # the run waits: the backlog is done
+        seen["after the next wait"] = [s.name for s in otel.spans()]
+        await run.step("effect", lambda: 2, side_effects=["x.write"])
+        seen["right after the effect step"] = [s.name for s in otel.spans()]
+        await run.step("last", lambda: 3)
+        return after_pure
+
+    after_pure = await tide.run("deferred", pipeline, run_id=new_run_id())
+    assert seen["right after the pure step"] == []
+    assert seen["after the next wait"] == ["step pure"]
+    assert seen["right after the effect step"] == ["step pure", "step effect"]
+    names = [s.name for s in otel.spans()]
+    assert sorted(names) == ["run deferred", "step effect", "step last", "step pure"]
+
+    pure, effect = otel.one("step pure"), otel.one("step effect")
+    assert pure.end_time <= after_pure < effect.start_time  # the real end, not the flush time
+    for span in (pure, effect, otel.one("step last")):
+        assert _attrs(span)[sc.TIDEBASE_STEP_OUTCOME] == "completed"
+        assert _attrs(span)[sc.TIDEBASE_STEP_TRIES] == 1
+        assert span.status.status_code == StatusCode.UNSET
+    assert otel.metric_sum(sc.METRIC_TIDEBASE_STEPS, **{sc.TIDEBASE_STEP_OUTCOME: "completed"}) == 3
 
 
 async def test_replay_links_to_the_executing_span_and_attempts_link(tide, otel: Telemetry):

@@ -29,7 +29,7 @@ tidebase.replay.cost_avoided   counter   USD        tidebase.workflow, gen_ai.pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +165,20 @@ class TidebaseMetrics:
         self._steps.add(1, attrs)
         if duration_s is not None:
             self._step_duration.record(max(0.0, duration_s), attrs)
+
+    def steps_ended(
+        self, workflow: str, outcomes: Mapping[str, int], durations: Sequence[tuple[str, float]]
+    ) -> None:
+        """A batch of `step_ended` calls: steps per outcome, (outcome, seconds) per duration."""
+        for outcome, count in outcomes.items():
+            self._steps.add(
+                count, {sc.TIDEBASE_WORKFLOW: workflow, sc.TIDEBASE_STEP_OUTCOME: outcome}
+            )
+        for outcome, seconds in durations:
+            self._step_duration.record(
+                max(0.0, seconds),
+                {sc.TIDEBASE_WORKFLOW: workflow, sc.TIDEBASE_STEP_OUTCOME: outcome},
+            )
 
     def step_retried(self, workflow: str) -> None:
         self._steps.add(

@@ -18,9 +18,13 @@ layer guards every call, and tidebase never waits on telemetry.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -58,6 +62,7 @@ _SCOPE = "tidebase_otel"
 _active_span: contextvars.ContextVar[otel_trace.Span | None] = contextvars.ContextVar(
     "tidebase_otel_active_span", default=None
 )
+_log = logging.getLogger(__name__)
 _MAX_NAME_CHARS = 100
 _MAX_DESCRIPTION_CHARS = 256
 
@@ -127,6 +132,67 @@ def _step_attributes(info: StepInfo, replayed: bool) -> dict[str, Any]:
     return attrs
 
 
+class _Backlog:
+    """Span ends and step metrics that an attempt leaves for the event loop's next idle moment.
+
+    Ending a step span and recording its two metric points is ~20 us of SDK work when hot, but
+    several times that right after a database round trip, when caches are cold: the bulk of
+    what telemetry added to a trivial step. Deferred with `loop.call_soon`, it runs when the
+    run next waits (typically on the next step's checkpoint write, while Postgres works), in a
+    batch that adds the step counters once per outcome. Span timestamps are the real ones; the
+    spans of finished steps are still handed to the span processor before the process can do
+    anything else slow (a kill -9 during the next step loses none of them); and the attempt
+    drains its backlog when it ends, so everything is recorded before `tide.run` returns.
+    """
+
+    __slots__ = ("_durations", "_jobs", "_metrics", "_scheduled", "_steps", "_workflow")
+
+    def __init__(self, metrics: TidebaseMetrics, workflow: str) -> None:
+        self._metrics = metrics
+        self._workflow = workflow
+        self._jobs: list[Callable[[], None]] = []
+        self._steps: dict[str, int] = {}  # outcome -> steps that ended with it
+        self._durations: list[tuple[str, float]] = []  # (outcome, seconds)
+        self._scheduled = False
+
+    def defer(self, job: Callable[[], None]) -> None:
+        self._jobs.append(job)
+        self._schedule()
+
+    def step_ended(self, outcome: str, duration_s: float | None) -> None:
+        self._steps[outcome] = self._steps.get(outcome, 0) + 1
+        if duration_s is not None:
+            self._durations.append((outcome, duration_s))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an event loop (hooks called directly): no deferring
+            self.drain()
+            return
+        self._scheduled = True
+        loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        """Does everything deferred so far (each job guarded: telemetry never fails a run)."""
+        self._scheduled = False
+        jobs, self._jobs = self._jobs, []
+        steps, self._steps = self._steps, {}
+        durations, self._durations = self._durations, []
+        try:
+            for job in jobs:
+                try:
+                    job()
+                except Exception:
+                    _log.warning("tidebase_otel: a deferred span failed", exc_info=True)
+            self._metrics.steps_ended(self._workflow, steps, durations)
+        except Exception:
+            _log.warning("tidebase_otel: recording step metrics failed", exc_info=True)
+
+
 class TidebaseObserver(RunObserver):
     """Spans and metrics for every run attempt and step of the clients it observes.
 
@@ -174,6 +240,7 @@ class _AttemptSpan(AttemptTracker):
         self._open_steps: set[_StepSpan] = set()
         self._executed: set[str] = set()
         self._ended = False
+        self._backlog = _Backlog(observer._metrics, info.workflow)
 
     # ------------------------------------------------------------------ lifecycle
     def begun(self, info: AttemptInfo) -> None:
@@ -202,6 +269,7 @@ class _AttemptSpan(AttemptTracker):
         self._ended = True
         for step in list(self._open_steps):
             step.interrupted(error)
+        self._backlog.drain()
         if isinstance(error, StepNeedsReview | StepFailedPermanently):
             self._parked_step(error)
         span = self._span
@@ -286,15 +354,32 @@ class _AttemptSpan(AttemptTracker):
                 attrs[sc.TIDEBASE_REPLAY_OUTPUT_TOKENS_AVOIDED] = avoided.output_tokens
             if avoided.cost_usd is not None:
                 attrs[sc.TIDEBASE_REPLAY_COST_AVOIDED_USD] = avoided.cost_usd
-        span = obs._tracer.start_span(
-            sc.SPAN_STEP.format(step=_short(step.name)),
-            context=self._parent_context(),
+        # A zero-length span at the moment of the replay, made in the backlog's next batch:
+        # a resume replays many steps back to back, and this keeps the SDK work off them.
+        self._backlog.defer(
+            functools.partial(
+                self._replay_span, step.name, self._parent_context(), attrs, links, time.time_ns()
+            )
+        )
+        self._backlog.step_ended(sc.OUTCOME_REPLAYED, None)
+
+    def _replay_span(
+        self,
+        name: str,
+        parent: otel_context.Context,
+        attrs: dict[str, Any],
+        links: list[Link],
+        at: int,
+    ) -> None:
+        span = self._obs._tracer.start_span(
+            sc.SPAN_STEP.format(step=_short(name)),
+            context=parent,
             kind=SpanKind.INTERNAL,
             attributes=attrs,
             links=links,
+            start_time=at,
         )
-        span.end()
-        obs._metrics.step_ended(step.workflow, sc.OUTCOME_REPLAYED, None)
+        span.end(at)
 
     def usage_recorded(self, info: UsageInfo) -> None:
         ledger = self._obs._ledger
@@ -402,7 +487,14 @@ class _StepSpan(StepTracker):
         if self._ended:
             return
         self._ended = True
-        self._attempt._open_steps.discard(self)
+        attempt = self._attempt
+        attempt._open_steps.discard(self)
+        if outcome == sc.OUTCOME_COMPLETED and not self._info.side_effects:
+            # The hot path: leave the SDK work to the backlog. A step with side effects ends
+            # now: its span is the one to have exported if the process dies right after.
+            attempt._backlog.defer(functools.partial(self._end_completed, time.time_ns()))
+            attempt._backlog.step_ended(outcome, duration_s)
+            return
         span = self._span
         attrs: dict[str, Any] = {
             sc.TIDEBASE_STEP_OUTCOME: outcome,
@@ -418,4 +510,11 @@ class _StepSpan(StepTracker):
             span.set_status(_error_status(error, outcome))
         span.set_attributes(attrs)
         span.end()
-        self._attempt._obs._metrics.step_ended(self._info.workflow, outcome, duration_s)
+        attempt._obs._metrics.step_ended(self._info.workflow, outcome, duration_s)
+
+    def _end_completed(self, end_time: int) -> None:
+        span = self._span
+        span.set_attributes(
+            {sc.TIDEBASE_STEP_OUTCOME: sc.OUTCOME_COMPLETED, sc.TIDEBASE_STEP_TRIES: self._tries}
+        )
+        span.end(end_time)
