@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidebase import codec
+from tidebase.checkpoint_pipeline import CheckpointPipeline
 from tidebase.contract import (
     REPLAY_MODES,
     STATUS_FOR_DECISION,
@@ -62,7 +63,7 @@ from tidebase.hooks import (
     notify_cancelled,
 )
 from tidebase.queues import AttemptOutcome, Enqueued, check_webhook_url, enqueue_run
-from tidebase.store.base import StepKey, StepRecord, Store, UsageRecord
+from tidebase.store.base import Checkpoint, StepKey, StepRecord, Store, UsageRecord
 
 _log = logging.getLogger("tidebase")
 
@@ -133,6 +134,15 @@ def _lease_ms_default() -> int:
     return _check_lease_ms(os.environ.get("TIDEBASE_LEASE_MS", "60000"), "TIDEBASE_LEASE_MS")
 
 
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -183,8 +193,10 @@ class RunContext:
         input: Any,
         steps: Sequence[StepRecord],
         tracker: AttemptTracker,
+        pipeline_checkpoints: bool = False,
     ):
         self._store = store
+        self._checkpoints = CheckpointPipeline(store, lease_ms) if pipeline_checkpoints else None
         self.run_id = run_id
         self.workflow = workflow
         self.attempt = attempt
@@ -214,6 +226,13 @@ class RunContext:
     def _check_alive(self) -> None:
         if self._stopped is not None:
             raise self._stopped
+        if self._checkpoints is not None:
+            self._checkpoints.check()
+
+    async def _flush_checkpoints(self) -> None:
+        """Waits for pipelined checkpoints to be committed: every other write goes after them."""
+        if self._checkpoints is not None:
+            await self._checkpoints.flush()
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -390,6 +409,7 @@ class RunContext:
                 "message": f"the worker died while the step was running (run attempt "
                 f"{known.run_attempt}); its side effects may or may not have happened",
             }
+            await self._flush_checkpoints()
             await self._store.fail_step(key, error, STATUS_FOR_DECISION[decision], decision, None)
             if decision == "manual_review":
                 raise StepNeedsReview(
@@ -412,6 +432,7 @@ class RunContext:
         started = time.perf_counter()
         try:
             if "sideEffects" in key.options:
+                await self._flush_checkpoints()
                 begun = await self._store.start_step(key, self._lease_ms)
                 if begun.action == "return":  # completed meanwhile (same lease holder)
                     tracker.finished("completed", duration_s=time.perf_counter() - started)
@@ -433,6 +454,7 @@ class RunContext:
         the record (and anything on the final try) is logged, so the caller sees the user's
         own exception."""
         try:
+            await self._flush_checkpoints()
             await self._store.fail_step(key, error_payload(exc), status, decision, tracker.span_ref)
         except (LeaseLost, RunCancelled):
             if status == "failed_retryable":
@@ -513,6 +535,12 @@ class RunContext:
             finally:
                 _current_step.reset(token)
             break
+        if self._checkpoints is not None and "sideEffects" not in key.options:
+            self._checkpoints.add(Checkpoint(key, encoded, tracker.span_ref))
+            self.stats.executed.append(info.name)
+            tracker.finished("completed", duration_s=time.perf_counter() - started)
+            return value
+        await self._flush_checkpoints()
         written = await self._store.complete_step(key, encoded, tracker.span_ref, self._lease_ms)
         self.stats.executed.append(info.name)
         tracker.finished("completed", duration_s=time.perf_counter() - started)
@@ -539,6 +567,7 @@ class RunContext:
     async def _write_state(self, value: Any, *, patch: bool) -> dict[str, Any]:
         frame = _current_step.get()
         step = frame.name if frame is not None and frame.run is self else None
+        await self._flush_checkpoints()
         state = await self._store.write_state(
             self.run_id, self._owner, value, patch=patch, step=step
         )
@@ -679,6 +708,7 @@ class AsyncTidebase:
         lease_ms: int | None = None,
         observers: Sequence[RunObserver] = (),
         auto_migrate: bool = True,
+        pipeline_checkpoints: bool | None = None,
     ):
         self.url = url or os.environ.get("TIDEBASE_URL") or DEFAULT_URL
         self.api_key = api_key if api_key is not None else os.environ.get("TIDEBASE_API_KEY")
@@ -691,6 +721,11 @@ class AsyncTidebase:
             _check_lease_ms(lease_ms, "lease_ms") if lease_ms is not None else _lease_ms_default()
         )
         self._observers = list(observers)
+        self.pipeline_checkpoints = (
+            _env_flag("TIDEBASE_PIPELINE_CHECKPOINTS")
+            if pipeline_checkpoints is None
+            else bool(pipeline_checkpoints)
+        )
         self.workflows: dict[str, Callable[[RunContext, Any], Awaitable[Any] | Any]] = {}
         self._auto_migrate = auto_migrate
         self._store: Store | None = None
@@ -830,6 +865,7 @@ class AsyncTidebase:
             input=input if input is not None else stored_input,
             steps=begun.steps,
             tracker=tracker,
+            pipeline_checkpoints=self.pipeline_checkpoints,
         )
         heartbeat: asyncio.Task[None] | None = None
         try:
@@ -853,6 +889,7 @@ class AsyncTidebase:
                             raise ctx._stopped from None
                         raise
                     encoded = codec.encode(result, what=f"result of run {run_id!r}")
+                    await ctx._flush_checkpoints()
                 except BaseException as exc:
                     requeued = await self._record_failure(store, ctx, exc, tracker)
                     if outcome is not None:
@@ -904,11 +941,17 @@ class AsyncTidebase:
             # Interrupted, not failed: release the lease so the next invocation can resume at
             # once (the run stays as it is). Shielded: our own task is being cancelled.
             try:
-                await asyncio.shield(store.release_run(ctx.run_id, ctx.lease_owner))
+                await asyncio.shield(self._flush_then_release(store, ctx))
             except BaseException as release_error:  # noqa: BLE001 - best effort on the way out
                 _log.warning("could not release run %r: %r", ctx.run_id, release_error)
             tracker.finished("interrupted", error=exc)
             return False
+        try:  # the steps that did finish are kept, so the next attempt replays them
+            await ctx._flush_checkpoints()
+        except Exception as write_error:  # noqa: BLE001 - the user's exception must surface
+            _log.warning(
+                "run %r: pipelined checkpoints were not written: %s", ctx.run_id, write_error
+            )
         parked = isinstance(exc, StepNeedsReview) or getattr(exc, "_tidebase_parked", False)
         failure_class = "manual_review" if parked else None
         requeued = False
@@ -925,6 +968,16 @@ class AsyncTidebase:
             _log.warning("could not record failure of run %r: %s", ctx.run_id, write_error)
         tracker.finished("failed", error=exc)
         return requeued
+
+    @staticmethod
+    async def _flush_then_release(store: Store, ctx: RunContext) -> None:
+        try:
+            await ctx._flush_checkpoints()
+        except Exception as write_error:  # noqa: BLE001 - releasing matters more
+            _log.warning(
+                "run %r: pipelined checkpoints were not written: %s", ctx.run_id, write_error
+            )
+        await store.release_run(ctx.run_id, ctx.lease_owner)
 
     async def _heartbeat(
         self, store: Store, ctx: RunContext, work: asyncio.Future[Any] | None = None

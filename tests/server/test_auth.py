@@ -26,6 +26,7 @@ ROUTES = [
     ("POST", "/runs/run_x/steps/step_x/fail"),
     ("POST", "/runs/run_x/steps/start"),
     ("POST", "/runs/run_x/steps/checkpoint"),
+    ("POST", "/runs/run_x/steps/checkpoints"),
     ("POST", "/runs/run_x/steps/failure"),
     ("POST", "/runs/run_x/steps/resolve"),
     ("PUT", "/runs/run_x/state"),

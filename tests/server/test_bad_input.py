@@ -49,6 +49,21 @@ RAW_BODIES: list[bytes] = [
     b'{"a": "\xc3\x28"}',
 ]
 
+CHECKPOINTS = [
+    1,
+    "s",
+    {},
+    [],
+    [1],
+    [{}],
+    [{"name": 5, "inputHash": "h"}],
+    [{"name": "fz-a", "inputHash": "h"}, {"name": "", "inputHash": "h"}],  # all or nothing
+    [{"name": "fz-b", "inputHash": "h", "options": 5}],
+    [{"name": "fz-c", "inputHash": "h", "options": {"sideEffects": "x"}}],
+    [{"name": "fz-d", "inputHash": 7}],
+    [{"name": "fz-e", "inputHash": "h", "traceId": 1}],
+    [{"name": f"fz-{i}", "inputHash": "h"} for i in range(1001)],  # over the batch limit
+]
 IDENTIFIER = [123, True, [], {}, "", "x" * 300, "a\x00b", "\ud800"]
 TEXT = [123, [], {}, "\x00", "y" * 70_000]
 OBJ = [1, "s", [], True]
@@ -157,6 +172,12 @@ def _routes(ids: dict[str, str]) -> list[tuple[str, str, dict[str, Any], dict[st
             f"/runs/{run}/steps/checkpoint",
             step_key,
             {**step_fields, "output": JSON_ANY, "traceId": TEXT, "spanId": TEXT},
+        ),
+        (
+            "POST",
+            f"/runs/{run}/steps/checkpoints",
+            {"leaseOwner": "w1", "checkpoints": [{"name": "fz", "inputHash": "h"}]},
+            {"leaseOwner": IDENTIFIER, "leaseMs": INT, "checkpoints": CHECKPOINTS},
         ),
         (
             "POST",
@@ -324,6 +345,7 @@ async def test_missing_required_fields_are_400(api, db, ids) -> None:
         f"/runs/{ids['run']}/steps/begin": ["name", "inputHash"],
         f"/runs/{ids['run']}/steps/{ids['step']}/complete": ["leaseOwner"],
         f"/runs/{ids['run']}/steps/checkpoint": ["leaseOwner", "name", "inputHash"],
+        f"/runs/{ids['run']}/steps/checkpoints": ["leaseOwner", "checkpoints"],
         f"/runs/{ids['run']}/state/save": ["label"],
         f"/runs/{ids['run']}/snapshots": ["label"],
         f"/runs/{ids['run']}/gates/begin": ["name", "prompt"],

@@ -6,6 +6,7 @@ it in the database: a worker that lost the run writes nothing and gets `LeaseLos
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,6 +94,18 @@ class StepKey:
     input_hash: str
     input: Any
     options: dict[str, Any]
+
+
+MAX_CHECKPOINT_BATCH = 1000  # checkpoints per `complete_steps` request in server mode
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A pure step's output waiting to be written (pipelined checkpoints)."""
+
+    key: StepKey
+    output: Any
+    span: SpanRef | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +199,10 @@ class Store(Protocol):
     async def complete_step(
         self, key: StepKey, output: Any, span: SpanRef | None, lease_ms: int
     ) -> StepWrite: ...
+
+    async def complete_steps(self, checkpoints: Sequence[Checkpoint], lease_ms: int) -> None:
+        """Writes the checkpoints of one run's pure steps, in order, in one transaction."""
+        ...
 
     async def fail_step(
         self,

@@ -32,6 +32,7 @@ import functools
 import json
 import random
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -51,7 +52,9 @@ from tidebase.errors import (
 )
 from tidebase.hooks import SpanRef
 from tidebase.store.base import (
+    MAX_CHECKPOINT_BATCH,
     BeginResult,
+    Checkpoint,
     EnqueueRequest,
     StepKey,
     StepRecord,
@@ -517,6 +520,42 @@ class HttpStore:
             leaseMs=lease_ms,
         )
         return await self._step_write(key, "/steps/checkpoint", body)
+
+    async def complete_steps(self, checkpoints: Sequence[Checkpoint], lease_ms: int) -> None:
+        for start in range(0, len(checkpoints), MAX_CHECKPOINT_BATCH):
+            await self._checkpoints(checkpoints[start : start + MAX_CHECKPOINT_BATCH], lease_ms)
+
+    async def _checkpoints(self, batch: Sequence[Checkpoint], lease_ms: int) -> None:
+        key = batch[0].key
+        body = {
+            "leaseOwner": key.owner,
+            "leaseMs": lease_ms,
+            "checkpoints": [
+                {
+                    "name": c.key.name,
+                    "parent": c.key.parent,
+                    "inputHash": c.key.input_hash,
+                    "input": c.key.input,
+                    "options": c.key.options,
+                    "output": c.output,
+                    "traceId": c.span.trace_id if c.span else None,
+                    "spanId": c.span.span_id if c.span else None,
+                }
+                for c in batch
+            ],
+        }
+        path = self._run_path(key.run_id, "/steps/checkpoints")
+        response = await self._request("POST", path, body, idempotent=True)
+        if response.status_code == 413 and len(batch) > 1:
+            # Too large for the server's body limit together: halves go separately, in order
+            # (the writes are idempotent, and a refused request stored nothing).
+            middle = len(batch) // 2
+            await self._checkpoints(batch[:middle], lease_ms)
+            await self._checkpoints(batch[middle:], lease_ms)
+            return
+        if response.status_code >= 400:
+            step = key.name if len(batch) == 1 else None
+            raise self._fail(response, path, key.run_id, step)
 
     async def fail_step(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -28,6 +28,7 @@ from tidebase.errors import (
 from tidebase.hooks import SpanRef
 from tidebase.store.base import (
     BeginResult,
+    Checkpoint,
     EnqueueRequest,
     StepKey,
     StepRecord,
@@ -206,10 +207,23 @@ class PostgresStore:
         more on a fresh connection when its connection turns out dead, so a database restart
         does not fail every worker's next step; anything else surfaces as StoreUnavailable.
         """
+        return await self._with_connection(
+            lambda conn: conn.fetchval(sql, *args), run_id=run_id, step=step, idempotent=idempotent
+        )
+
+    async def _with_connection(
+        self,
+        operation: Callable[[asyncpg.Connection], Awaitable[Any]],
+        *,
+        run_id: str,
+        step: str | None,
+        idempotent: bool,
+    ) -> Any:
+        """`operation` on a pooled connection, tried once more as `_fetchval` says."""
         for try_number in (1, 2):
             try:
                 async with self._pool.acquire() as conn:
-                    return await conn.fetchval(sql, *args)
+                    return await operation(conn)
             except asyncpg.PostgresError as exc:
                 error = self._error(exc, run_id, step)
                 if isinstance(error, StoreUnavailable) and idempotent and try_number == 1:
@@ -423,6 +437,34 @@ class PostgresStore:
             idempotent=True,
         )
         return StepWrite(data["action"], StepRecord.from_json(data["step"]))
+
+    async def complete_steps(self, checkpoints: Sequence[Checkpoint], lease_ms: int) -> None:
+        if not checkpoints:
+            return
+        rows = [
+            (
+                c.key.run_id,
+                c.key.owner,
+                c.key.name,
+                c.key.parent,
+                c.key.input_hash,
+                c.key.input,
+                c.key.options,
+                c.output,
+                c.span.trace_id if c.span else None,
+                c.span.span_id if c.span else None,
+                lease_ms,
+            )
+            for c in checkpoints
+        ]
+        # executemany: one round trip for the whole batch, atomic (asyncpg wraps it in a
+        # transaction), so a batch is committed whole or not at all, with one commit.
+        await self._with_connection(
+            lambda conn: conn.executemany(_COMPLETE_STEP, rows),
+            run_id=checkpoints[0].key.run_id,
+            step=checkpoints[0].key.name if len(checkpoints) == 1 else None,
+            idempotent=True,
+        )
 
     async def fail_step(
         self,

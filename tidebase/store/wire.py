@@ -179,6 +179,28 @@ class WireStore(PostgresStore):
                 f"lost the connection to Postgres at {self.url_for_display}: {exc}"
             ) from exc
 
+    async def _call_many(self, sql: str, rows: list[tuple[Any, ...]], *, run_id: str) -> None:
+        """Runs one statement per row in one round trip and one transaction (all or nothing)."""
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.executemany(sql, rows)
+        except asyncpg.PostgresError as exc:
+            code = getattr(exc, "sqlstate", None) or ""
+            if code == "TB400" or code[:2] in _REJECT_CLASSES:
+                raise RequestRejected(getattr(exc, "message", None) or str(exc)) from None
+            translated = _translate(exc, run_id, None)
+            if translated is not exc:
+                raise translated from None
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise StoreUnavailable(
+                    f"lost the connection to Postgres at {self.url_for_display}: {exc}"
+                ) from exc
+            raise
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(
+                f"lost the connection to Postgres at {self.url_for_display}: {exc}"
+            ) from exc
+
     async def ping(self) -> None:
         """Raises `StoreUnavailable` unless the database answers."""
         await self._call("SELECT 1")
@@ -345,6 +367,30 @@ class WireStore(PostgresStore):
             run_id=run_id,
             step=name,
         )
+
+    async def checkpoints(
+        self, run_id: str, owner: str, lease_ms: int, items: list[dict[str, Any]]
+    ) -> None:
+        """Writes several checkpoints of one run in order, in one transaction (pipelined
+        checkpoints): each item has the keyword arguments of `checkpoint_text` but the run,
+        owner and lease."""
+        rows = [
+            (
+                run_id,
+                owner,
+                i["name"],
+                i["parent"],
+                i["input_hash"],
+                i["input"],
+                i["options"],
+                i["output"],
+                i["trace_id"],
+                i["span_id"],
+                lease_ms,
+            )
+            for i in items
+        ]
+        await self._call_many(_COMPLETE_STEP, rows, run_id=run_id)
 
     async def checkpoint_text(
         self,

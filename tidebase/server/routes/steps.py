@@ -5,7 +5,8 @@ lease; `steps/:stepId/complete` and `/fail` are fenced by that step lease.
 
 Extensions (our SDK; fenced by the *run* lease, migrations/002): `steps/start` records that a
 side-effecting step started, `steps/checkpoint` writes a step's output in one request (a pure
-step costs exactly this one round trip), `steps/failure` records a failure with its resume
+step costs exactly this one round trip), `steps/checkpoints` writes a batch of them in one
+transaction (pipelined checkpoints), `steps/failure` records a failure with its resume
 decision, and `steps/resolve` is the operator action for a parked step.
 """
 
@@ -22,6 +23,7 @@ from tidebase.server.body import read_body
 from tidebase.server.errors import error
 from tidebase.server.paths import param
 from tidebase.server.validation import BadRequest, Body
+from tidebase.store.base import MAX_CHECKPOINT_BATCH
 from tidebase.store.wire import NotResolvable
 
 RESUME_DECISIONS = ("auto_retry", "safe_replay", "manual_review", "fail_hard")
@@ -165,6 +167,44 @@ async def checkpoint_step(request: Request) -> Response:
     return _json_text(result)
 
 
+async def checkpoint_steps(request: Request) -> Response:
+    """Several checkpoints of one run in one request and one transaction, in order: the SDK's
+    pipelined checkpoints. All or nothing: a refused item (named by its index) stores none."""
+    run_id = param(request, "runId")
+    body = await read_body(request)
+    owner = body.identifier("leaseOwner", required=True)
+    lease_ms = _lease_ms(request, body)
+    entries = body.raw("checkpoints")
+    if not isinstance(entries, list) or not entries:
+        raise BadRequest("checkpoints", "must be a non-empty array")
+    if len(entries) > MAX_CHECKPOINT_BATCH:
+        raise BadRequest(
+            "checkpoints", f"must have at most {MAX_CHECKPOINT_BATCH} entries", code="too_big"
+        )
+    items = [_checkpoint_item(entry, f"checkpoints[{i}]") for i, entry in enumerate(entries)]
+    await deps.store(request).checkpoints(run_id, owner, lease_ms, items)
+    return JSONResponse({"written": len(items)})
+
+
+def _checkpoint_item(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise BadRequest(where, "must be an object")
+    item = Body(entry)
+    try:
+        return {
+            "name": _name(item),
+            "parent": item.identifier("parent"),
+            "input_hash": _input_hash(item),
+            "input": item.json("input"),
+            "options": _checked_options(item),
+            "output": item.json("output"),
+            "trace_id": item.text("traceId", max_chars=_SPAN_ID_CHARS),
+            "span_id": item.text("spanId", max_chars=_SPAN_ID_CHARS),
+        }
+    except BadRequest as exc:
+        raise BadRequest(f"{where}.{exc.field}", exc.message, code=exc.code) from None
+
+
 async def record_step_failure(request: Request) -> Response:
     run_id = param(request, "runId")
     body = await read_body(request)
@@ -205,6 +245,7 @@ routes = [
     Route("/runs/{runId}/steps/begin", begin_step, methods=["POST"]),
     Route("/runs/{runId}/steps/start", start_step, methods=["POST"]),
     Route("/runs/{runId}/steps/checkpoint", checkpoint_step, methods=["POST"]),
+    Route("/runs/{runId}/steps/checkpoints", checkpoint_steps, methods=["POST"]),
     Route("/runs/{runId}/steps/failure", record_step_failure, methods=["POST"]),
     Route("/runs/{runId}/steps/resolve", resolve_step, methods=["POST"]),
     Route("/runs/{runId}/steps/{stepId}/complete", complete_step, methods=["POST"]),
