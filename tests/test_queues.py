@@ -192,6 +192,7 @@ async def test_rate_limit_holds_under_competing_workers(tide, make_client):
         {"run_at": dt.datetime(2030, 1, 1)},  # naive
         {"recovery_webhook": "ftp://x"},
         {"queue": ""},
+        {"delay": 5, "run_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC)},  # both
     ],
 )
 async def test_enqueue_rejects_bad_arguments(tide, kwargs):

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from tidebase.contract import RUN_STATUS_FILTERS
 from tidebase.errors import TidebaseError
 
 
@@ -345,17 +346,6 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_main(["--host", args.host, "--port", str(args.port)])
 
 
-RUN_STATUSES = (
-    "pending",
-    "queued",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
-    "manual_review",
-)
-
-
 def _limit(text: str) -> int:
     try:
         value = int(text)
@@ -397,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = runs.add_parser("list", help="recent runs with status, steps, tokens and cost")
     listing.add_argument(
-        "--status", choices=RUN_STATUSES, help="manual_review lists failed runs parked on a step"
+        "--status",
+        choices=RUN_STATUS_FILTERS,
+        help="manual_review lists failed runs parked on a step",
     )
     listing.add_argument("--workflow")
     listing.add_argument("--limit", type=_limit, default=50, help="1..1000 (default 50)")

@@ -16,6 +16,18 @@ ReplayMode = Literal["auto", "manual", "never"]
 
 REPLAY_MODES: frozenset[str] = frozenset({"auto", "manual", "never"})
 
+# What `runs list --status` / `GET /runs?status=` filter on: a run's status, or manual_review
+# (failed runs parked on a step).
+RUN_STATUS_FILTERS: tuple[str, ...] = (
+    "pending",
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "manual_review",
+)
+
 # Step status written for each decision on a step's final failure.
 STATUS_FOR_DECISION: Mapping[str, str] = {
     "auto_retry": "failed_retryable",

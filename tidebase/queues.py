@@ -112,6 +112,8 @@ async def enqueue_run(
         check_webhook_url(recovery_webhook)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    if delay is not None and run_at is not None:
+        raise ValueError("enqueue takes delay or run_at, not both")
     request = EnqueueRequest(
         workflow=workflow,
         input=codec.encode(input, what=f"input of a {workflow!r} run"),

@@ -140,6 +140,23 @@ async def test_bad_paging_parameters_are_400(api: httpx.AsyncClient) -> None:
         assert response.status_code == 400, params
 
 
+async def test_an_unknown_status_filter_is_400_naming_the_choices(api: httpx.AsyncClient) -> None:
+    response = await api.get("/runs", params={"status": "bogus"})
+    assert response.status_code == 400
+    assert "status" in response.json()["message"] and "manual_review" in response.json()["message"]
+    for status in ("queued", "manual_review"):
+        assert (await api.get("/runs", params={"status": status})).status_code == 200
+
+
+async def test_enqueue_with_both_run_at_and_delay_is_400(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/queues/both/enqueue",
+        json={"workflowName": "wf", "runAt": "2030-01-01T00:00:00Z", "delayMs": 1000},
+    )
+    assert response.status_code == 400, response.text
+    assert "delayMs" in response.json()["message"]
+
+
 async def test_begin_takes_the_lease(api: httpx.AsyncClient) -> None:
     run = await create_run(api)
     begun = await begin_run(api, run["id"], "w1")

@@ -47,6 +47,8 @@ def _span(body: Body) -> SpanRef | None:
 async def enqueue(request: Request) -> Response:
     queue = param(request, "queue")
     body = await read_body(request)
+    if body.has("runAt") and body.has("delayMs"):
+        raise BadRequest("delayMs", "give runAt or delayMs, not both", code="invalid_combination")
     data = await deps.store(request).enqueue(
         queue,
         EnqueueRequest(

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tidebase.contract import RUN_STATUS_FILTERS
 from tidebase.server import deps
 from tidebase.server.body import read_body
 from tidebase.server.errors import HTTPError, error
@@ -37,8 +38,13 @@ async def create_run(request: Request) -> Response:
 
 
 async def list_runs(request: Request) -> Response:
+    status = deps.query_text(request, "status")
+    if status is not None and status not in RUN_STATUS_FILTERS:
+        raise BadRequest(
+            "status", f"must be one of {', '.join(RUN_STATUS_FILTERS)}", code="invalid_enum_value"
+        )
     runs, next_cursor = await deps.store(request).runs_page(
-        status=deps.query_text(request, "status"),
+        status=status,
         workflow=deps.query_text(request, "workflow"),
         limit=deps.query_int(request, "limit", 100, minimum=1, maximum=1000),
         cursor=request.query_params.get("cursor") or None,
