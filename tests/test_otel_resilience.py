@@ -11,6 +11,7 @@ from typing import Any
 
 import agents
 import pytest
+from _otel import instrumented
 from agents import Agent, Runner, function_tool
 from conftest import new_run_id
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 import tidebase_otel
 from tidebase.demo.offline_model import OfflineModel, ToolCall
+from tidebase_otel import _semconv as sc
 
 STEPS = 30
 
@@ -182,3 +184,22 @@ async def test_processors_raising_never_reach_user_code(tide, agents_clean):
         tidebase_otel.uninstrument()
         tracer_provider.shutdown()
     assert_normal_speed(elapsed, base)
+
+
+async def test_a_raising_span_processor_costs_no_metric_point(tide):
+    """Spans end through the processors; the step and run counters must not depend on them."""
+    with instrumented() as telemetry:
+        telemetry.tracer_provider.add_span_processor(Exploding())
+
+        async def pipeline(run, _):
+            await run.step("pure", lambda: 1)
+            await run.step("effect", lambda: 2, side_effects=["x.write"], idempotency_key="k")
+            await run.step("broken", lambda: 1 / 0)
+
+        with pytest.raises(ZeroDivisionError):
+            await tide.run("exploding", pipeline, run_id=new_run_id())
+        steps = sc.METRIC_TIDEBASE_STEPS
+        assert telemetry.metric_sum(steps, **{sc.TIDEBASE_STEP_OUTCOME: "completed"}) == 2
+        assert telemetry.metric_sum(steps, **{sc.TIDEBASE_STEP_OUTCOME: "failed"}) == 1
+        runs = sc.METRIC_TIDEBASE_RUNS
+        assert telemetry.metric_sum(runs, **{sc.TIDEBASE_RUN_STATUS: "failed"}) == 1

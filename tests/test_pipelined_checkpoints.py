@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 from conftest import new_run_id
 
-from tidebase import LeaseLost, StoreUnavailable
+from tidebase import LeaseLost, RunLeased, StoreUnavailable
 from tidebase.aio import AsyncTidebase
 from tidebase.embedded import start_embedded
 
@@ -242,3 +243,60 @@ async def test_database_down_fails_the_run_retryably_naming_the_unwritten_steps(
     finally:
         await tide.close()
         server.ensure_postgres_running()
+
+
+async def test_steps_that_never_wait_still_get_written_and_keep_the_lease(make_client, pg_url):
+    """Blocking steps never hand the loop over on their own: the writer, the heartbeat and a
+    rival worker must still get their turn between steps (found by QA)."""
+    holder = make_client(pipeline_checkpoints=True, lease_ms=1000)
+    rival = make_client()
+    run_id = new_run_id()
+
+    def blocking(i: int) -> int:
+        time.sleep(0.05)  # blocking code: the event loop is stuck meanwhile
+        return i
+
+    async def pipeline(run, _):
+        for i in range(80):  # ~4 s in all
+            await run.step(f"b{i}", lambda i=i: blocking(i))
+        return "done"
+
+    async def rival_tries() -> tuple[str, int]:
+        await asyncio.sleep(1.5)  # past the 1 s lease, had nobody renewed it
+        stored = len(await _steps(pg_url, run_id))
+        try:
+            await rival.run("blocking", pipeline, run_id=run_id)
+        except RunLeased:
+            return "leased", stored
+        return "took over", stored
+
+    result, (rival_outcome, stored_meanwhile) = await asyncio.gather(
+        holder.run("blocking", pipeline, run_id=run_id), rival_tries()
+    )
+    assert result == "done"
+    assert rival_outcome == "leased"
+    assert stored_meanwhile >= 10  # written as the run went, not held back to its end
+    assert len(await _steps(pg_url, run_id)) == 80
+
+
+async def test_usage_records_wait_for_earlier_checkpoints(make_client, pg_url):
+    tide = make_client(pipeline_checkpoints=True)
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        for i in range(20):
+            await run.step(f"s{i}", lambda i=i: i)
+        await run.usage_record(kind="llm", model="m", input_tokens=1, output_tokens=1)
+        return "ok"
+
+    assert await tide.run("usage-order", pipeline, run_id=run_id) == "ok"
+    conn = await asyncpg.connect(pg_url)
+    try:
+        events = await conn.fetch(
+            "SELECT seq, type FROM events WHERE run_id = $1 ORDER BY seq", run_id
+        )
+    finally:
+        await conn.close()
+    usage_seq = next(e["seq"] for e in events if e["type"] == "usage.recorded")
+    completed = [e["seq"] for e in events if e["type"] == "step.completed"]
+    assert len(completed) == 20 and max(completed) < usage_seq

@@ -536,7 +536,7 @@ class RunContext:
                 _current_step.reset(token)
             break
         if self._checkpoints is not None and "sideEffects" not in key.options:
-            self._checkpoints.add(Checkpoint(key, encoded, tracker.span_ref))
+            await self._checkpoints.add(Checkpoint(key, encoded, tracker.span_ref))
             self.stats.executed.append(info.name)
             tracker.finished("completed", duration_s=time.perf_counter() - started)
             return value
@@ -660,6 +660,7 @@ class RunContext:
             cost_usd=cost_usd,
             metadata=codec.encode(metadata, what="usage metadata") if metadata else None,
         )
+        await self._flush_checkpoints()
         inserted = await self._store.record_usage(self.run_id, self._owner, record)
         if inserted:
             if total_tokens is None and (input_tokens is not None or output_tokens is not None):

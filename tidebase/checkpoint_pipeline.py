@@ -9,7 +9,8 @@ starts, a failure is never recorded, and a run never completes before every earl
 is committed.
 
 The price, and why it is opt-in: a crash can lose the checkpoints of pure steps that finished
-during the last round trip, and those steps run again on resume (a pure step may always run
+while the last batch was in flight (about one round trip's worth), and those steps run again on
+resume (a pure step may always run
 again; nothing with declared side effects is ever pipelined). A write that fails (`LeaseLost`,
 `StoreUnavailable`, ...) is raised by the run's next step or write instead of by the step whose
 checkpoint it was.
@@ -22,7 +23,9 @@ import asyncio
 from tidebase.errors import StoreUnavailable
 from tidebase.store.base import Checkpoint, Store
 
-__all__ = ["CheckpointPipeline"]
+__all__ = ["MAX_PENDING", "CheckpointPipeline"]
+
+MAX_PENDING = 1000  # queued checkpoints at which a step waits for the writer
 
 
 class CheckpointPipeline:
@@ -37,14 +40,24 @@ class CheckpointPipeline:
         self._writer: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
 
-    def add(self, checkpoint: Checkpoint) -> None:
-        """Queues a checkpoint (raising the error of an earlier write, if one failed)."""
+    async def add(self, checkpoint: Checkpoint) -> None:
+        """Queues a checkpoint (raising the error of an earlier write, if one failed).
+
+        Then yields to the event loop once, so the writer sends it now even when the run's
+        steps never wait on anything (blocking code): otherwise the writer, the lease
+        heartbeat and cancellation would all wait for the run's next real wait, and a crash
+        would lose every checkpoint since. With `MAX_PENDING` checkpoints queued (the writer
+        cannot keep up), waits for the batch in flight."""
         self.check()
         self._pending.append(checkpoint)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_all(), name=f"tidebase-checkpoints-{checkpoint.key.run_id}"
             )
+        await asyncio.sleep(0)
+        if len(self._pending) >= MAX_PENDING and self._writer is not None:
+            await asyncio.shield(self._writer)
+        self.check()
 
     def check(self) -> None:
         """Raises the error of a failed write: the run cannot go on after losing checkpoints."""

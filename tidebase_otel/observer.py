@@ -96,6 +96,16 @@ def span_context(ref: SpanRef | None) -> SpanContext | None:
     return ctx if ctx.is_valid else None
 
 
+def _start_span(tracer: otel_trace.Tracer, name: str, **kwargs: Any) -> otel_trace.Span:
+    """`tracer.start_span`, or a non-recording span when it raises (e.g. a span processor's
+    `on_start` does): the run's metrics must not depend on its spans."""
+    try:
+        return tracer.start_span(name, **kwargs)
+    except Exception:
+        _log.warning("tidebase_otel: starting span %r failed", name, exc_info=True)
+        return otel_trace.INVALID_SPAN
+
+
 def error_type(error: BaseException) -> str:
     """`error.type`: the exception's fully qualified class name (builtins unqualified)."""
     cls = type(error)
@@ -231,7 +241,8 @@ class _AttemptSpan(AttemptTracker):
     def __init__(self, observer: TidebaseObserver, info: AttemptInfo) -> None:
         self._obs = observer
         self._info = info
-        self._span = observer._tracer.start_span(
+        self._span = _start_span(
+            observer._tracer,
             sc.SPAN_RUN.format(workflow=_short(info.workflow)),
             kind=SpanKind.INTERNAL,
             attributes={sc.TIDEBASE_RUN_ID: info.run_id, sc.TIDEBASE_WORKFLOW: info.workflow},
@@ -273,14 +284,16 @@ class _AttemptSpan(AttemptTracker):
         if isinstance(error, StepNeedsReview | StepFailedPermanently):
             self._parked_step(error)
         span = self._span
-        span.set_attribute(sc.TIDEBASE_RUN_STATUS, status)
-        if status not in sc.RUN_STATUSES_OK:
-            if error is not None:
-                span.set_attribute(sc.ERROR_TYPE, error_type(error))
-                span.record_exception(error)
-            span.set_status(_error_status(error, status))
-        span.end()
-        self._obs._metrics.run_ended(self._info.workflow, status)
+        try:  # a raising span processor must not cost the metric point
+            span.set_attribute(sc.TIDEBASE_RUN_STATUS, status)
+            if status not in sc.RUN_STATUSES_OK:
+                if error is not None:
+                    span.set_attribute(sc.ERROR_TYPE, error_type(error))
+                    span.record_exception(error)
+                span.set_status(_error_status(error, status))
+            span.end()
+        finally:
+            self._obs._metrics.run_ended(self._info.workflow, status)
 
     def _parked_step(self, error: StepNeedsReview | StepFailedPermanently) -> None:
         """A step refused to re-execute (parked in review, or failed for good) before any
@@ -290,7 +303,8 @@ class _AttemptSpan(AttemptTracker):
             return
         review = isinstance(error, StepNeedsReview)
         outcome = sc.OUTCOME_MANUAL_REVIEW if review else sc.OUTCOME_FAILED
-        span = self._obs._tracer.start_span(
+        span = _start_span(
+            self._obs._tracer,
             sc.SPAN_STEP.format(step=_short(name)),
             context=otel_trace.set_span_in_context(self._span),
             attributes={
@@ -307,10 +321,12 @@ class _AttemptSpan(AttemptTracker):
                 sc.ERROR_TYPE: error_type(error),
             },
         )
-        span.record_exception(error)
-        span.set_status(_error_status(error, outcome))
-        span.end()
-        self._obs._metrics.step_ended(self._info.workflow, outcome, None)
+        try:
+            span.record_exception(error)
+            span.set_status(_error_status(error, outcome))
+            span.end()
+        finally:
+            self._obs._metrics.step_ended(self._info.workflow, outcome, None)
 
     # ------------------------------------------------------------------ steps
     def _parent_context(self) -> otel_context.Context:
@@ -413,7 +429,8 @@ class _StepSpan(StepTracker):
     def __init__(self, attempt: _AttemptSpan, info: StepInfo, parent: otel_context.Context) -> None:
         self._attempt = attempt
         self._info = info
-        self._span = attempt._obs._tracer.start_span(
+        self._span = _start_span(
+            attempt._obs._tracer,
             sc.SPAN_STEP.format(step=_short(info.name)),
             context=parent,
             kind=SpanKind.INTERNAL,
@@ -495,6 +512,14 @@ class _StepSpan(StepTracker):
             attempt._backlog.defer(functools.partial(self._end_completed, time.time_ns()))
             attempt._backlog.step_ended(outcome, duration_s)
             return
+        try:  # a raising span processor must not cost the metric point
+            self._end_span_now(outcome, error, resume_decision)
+        finally:
+            attempt._obs._metrics.step_ended(self._info.workflow, outcome, duration_s)
+
+    def _end_span_now(
+        self, outcome: str, error: BaseException | None, resume_decision: str | None
+    ) -> None:
         span = self._span
         attrs: dict[str, Any] = {
             sc.TIDEBASE_STEP_OUTCOME: outcome,
@@ -510,7 +535,6 @@ class _StepSpan(StepTracker):
             span.set_status(_error_status(error, outcome))
         span.set_attributes(attrs)
         span.end()
-        attempt._obs._metrics.step_ended(self._info.workflow, outcome, duration_s)
 
     def _end_completed(self, end_time: int) -> None:
         span = self._span

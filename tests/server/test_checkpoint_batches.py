@@ -59,7 +59,9 @@ async def test_one_refused_item_stores_none_of_the_batch(api: httpx.AsyncClient,
     response = await api.post(
         f"/runs/{run['id']}/steps/checkpoints", json={"leaseOwner": "w1", "checkpoints": batch}
     )
-    assert 400 <= response.status_code < 500, response.text
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "input_mismatch"
+    assert response.json()["step"] == "done"  # named, though the batch had three
     assert await _step_names(db, run["id"]) == ["done"]
 
 

@@ -122,6 +122,17 @@ def _detail(exc: asyncpg.PostgresError) -> dict[str, Any]:
         return {}
 
 
+_MISMATCH_PREFIX = "input mismatch for step "  # the TB422 message of migrations/002
+
+
+def _step_in_message(exc: asyncpg.PostgresError, prefix: str) -> str | None:
+    """The step a function's error message names (a batch write does not know which failed)."""
+    message = getattr(exc, "message", None) or ""
+    if not message.startswith(prefix):
+        return None
+    return message[len(prefix) :] or None
+
+
 def _translate(exc: asyncpg.PostgresError, run_id: str, step: str | None = None) -> Exception:
     code = getattr(exc, "sqlstate", None)
     if isinstance(exc, asyncpg.DataError):
@@ -136,7 +147,8 @@ def _translate(exc: asyncpg.PostgresError, run_id: str, step: str | None = None)
         return LeaseLost(run_id, f": now {d.get('status')}, lease held by {d.get('leaseOwner')!r}")
     if code == "TB422":
         d = _detail(exc)
-        return InputMismatch(step or "?", d.get("expected", "?"), d.get("actual", "?"))
+        name = step or _step_in_message(exc, _MISMATCH_PREFIX) or "?"
+        return InputMismatch(name, d.get("expected", "?"), d.get("actual", "?"))
     if code in ("TB423", "TB424"):
         return TidebaseError(exc.args[0] if exc.args else str(exc))
     if code == "TB400":
