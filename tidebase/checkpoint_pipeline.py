@@ -19,19 +19,21 @@ checkpoint it was.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tidebase.errors import StoreUnavailable
 from tidebase.store.base import Checkpoint, Store
 
-__all__ = ["MAX_PENDING", "CheckpointPipeline"]
+__all__ = ["MAX_LAG_S", "MAX_PENDING", "CheckpointPipeline"]
 
 MAX_PENDING = 1000  # queued checkpoints at which a step waits for the writer
+MAX_LAG_S = 0.1  # a step waits for the batch in flight once it has been in flight this long
 
 
 class CheckpointPipeline:
     """The queue of one run attempt's unwritten checkpoints and the task that writes them."""
 
-    __slots__ = ("_error", "_lease_ms", "_pending", "_store", "_writer")
+    __slots__ = ("_error", "_lease_ms", "_pending", "_sent_at", "_store", "_writer")
 
     def __init__(self, store: Store, lease_ms: int) -> None:
         self._store = store
@@ -39,6 +41,7 @@ class CheckpointPipeline:
         self._pending: list[Checkpoint] = []
         self._writer: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
+        self._sent_at = 0.0  # when the batch in flight was sent (time.monotonic)
 
     async def add(self, checkpoint: Checkpoint) -> None:
         """Queues a checkpoint (raising the error of an earlier write, if one failed).
@@ -46,8 +49,10 @@ class CheckpointPipeline:
         Then yields to the event loop once, so the writer sends it now even when the run's
         steps never wait on anything (blocking code): otherwise the writer, the lease
         heartbeat and cancellation would all wait for the run's next real wait, and a crash
-        would lose every checkpoint since. With `MAX_PENDING` checkpoints queued (the writer
-        cannot keep up), waits for the batch in flight."""
+        would lose every checkpoint since. And waits for the writer when the batch in flight
+        is older than `MAX_LAG_S` (slow or blocking steps: the write needs the loop to finish,
+        and finishing it renews the lease; pipelining has nothing to win there) or when
+        `MAX_PENDING` checkpoints are queued (the writer cannot keep up)."""
         self.check()
         self._pending.append(checkpoint)
         if self._writer is None:
@@ -55,7 +60,9 @@ class CheckpointPipeline:
                 self._write_all(), name=f"tidebase-checkpoints-{checkpoint.key.run_id}"
             )
         await asyncio.sleep(0)
-        if len(self._pending) >= MAX_PENDING and self._writer is not None:
+        if self._writer is not None and (
+            len(self._pending) >= MAX_PENDING or time.monotonic() - self._sent_at > MAX_LAG_S
+        ):
             await asyncio.shield(self._writer)
         self.check()
 
@@ -76,6 +83,7 @@ class CheckpointPipeline:
         try:
             while self._pending and self._error is None:
                 batch, self._pending = self._pending, []
+                self._sent_at = time.monotonic()
                 try:
                     await self._store.complete_steps(batch, self._lease_ms)
                 except asyncio.CancelledError:
