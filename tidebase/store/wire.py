@@ -160,46 +160,40 @@ class WireStore(PostgresStore):
                 if row:
                     return await conn.fetchrow(sql, *args)
                 return await conn.fetchval(sql, *args)
-        except asyncpg.PostgresError as exc:
-            code = getattr(exc, "sqlstate", None) or ""
-            if code == "TB400" or code[:2] in _REJECT_CLASSES:
-                raise RequestRejected(getattr(exc, "message", None) or str(exc)) from None
-            if code in _NOT_RESOLVABLE:
-                raise NotResolvable(str(exc), _NOT_RESOLVABLE[code]) from None
-            translated = _translate(exc, run_id, step)
-            if translated is not exc:
-                raise translated from None
-            if isinstance(exc, _CONNECTION_ERRORS):
-                raise StoreUnavailable(
-                    f"lost the connection to Postgres at {self.url_for_display}: {exc}"
-                ) from exc
-            raise
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(
-                f"lost the connection to Postgres at {self.url_for_display}: {exc}"
-            ) from exc
+        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+            failure = self._failure(exc, run_id, step)
+            if failure is exc:
+                raise
+            raise failure from (exc if isinstance(failure, StoreUnavailable) else None)
 
     async def _call_many(self, sql: str, rows: list[tuple[Any, ...]], *, run_id: str) -> None:
         """Runs one statement per row in one round trip and one transaction (all or nothing)."""
         try:
             async with self._pool.acquire() as conn:
                 await conn.executemany(sql, rows)
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+            failure = self._failure(exc, run_id, None)
+            if failure is exc:
+                raise
+            raise failure from (exc if isinstance(failure, StoreUnavailable) else None)
+
+    def _failure(self, exc: BaseException, run_id: str, step: str | None) -> BaseException:
+        """What a failed statement raises: a request error (4xx), a tidebase error, or
+        StoreUnavailable for a lost connection; anything else unchanged (a 500)."""
+        if isinstance(exc, asyncpg.PostgresError):
             code = getattr(exc, "sqlstate", None) or ""
             if code == "TB400" or code[:2] in _REJECT_CLASSES:
-                raise RequestRejected(getattr(exc, "message", None) or str(exc)) from None
-            translated = _translate(exc, run_id, None)
+                return RequestRejected(getattr(exc, "message", None) or str(exc))
+            if code in _NOT_RESOLVABLE:
+                return NotResolvable(str(exc), _NOT_RESOLVABLE[code])
+            translated = _translate(exc, run_id, step)
             if translated is not exc:
-                raise translated from None
-            if isinstance(exc, _CONNECTION_ERRORS):
-                raise StoreUnavailable(
-                    f"lost the connection to Postgres at {self.url_for_display}: {exc}"
-                ) from exc
-            raise
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(
+                return translated
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return StoreUnavailable(
                 f"lost the connection to Postgres at {self.url_for_display}: {exc}"
-            ) from exc
+            )
+        return exc
 
     async def ping(self) -> None:
         """Raises `StoreUnavailable` unless the database answers."""
