@@ -234,6 +234,16 @@ class RunContext:
         if self._checkpoints is not None:
             await self._checkpoints.flush()
 
+    async def _keep_finished_steps(self) -> None:
+        """On the way out of a failed or interrupted attempt: writes the checkpoints of the
+        steps that did finish (so the next attempt replays them), logging a failure."""
+        try:
+            await self._flush_checkpoints()
+        except Exception as write_error:  # noqa: BLE001 - the attempt's own error must surface
+            _log.warning(
+                "run %r: pipelined checkpoints were not written: %s", self.run_id, write_error
+            )
+
     # -- steps -----------------------------------------------------------------------------
 
     async def step(
@@ -535,12 +545,14 @@ class RunContext:
             finally:
                 _current_step.reset(token)
             break
-        if self._checkpoints is not None and "sideEffects" not in key.options:
-            await self._checkpoints.add(Checkpoint(key, encoded, tracker.span_ref))
-            self.stats.executed.append(info.name)
-            tracker.finished("completed", duration_s=time.perf_counter() - started)
-            return value
-        await self._flush_checkpoints()
+        pipeline = self._checkpoints
+        if pipeline is not None:  # (no extra await on the default path)
+            if "sideEffects" not in key.options:
+                await pipeline.add(Checkpoint(key, encoded, tracker.span_ref))
+                self.stats.executed.append(info.name)
+                tracker.finished("completed", duration_s=time.perf_counter() - started)
+                return value
+            await pipeline.flush()
         written = await self._store.complete_step(key, encoded, tracker.span_ref, self._lease_ms)
         self.stats.executed.append(info.name)
         tracker.finished("completed", duration_s=time.perf_counter() - started)
@@ -947,12 +959,7 @@ class AsyncTidebase:
                 _log.warning("could not release run %r: %r", ctx.run_id, release_error)
             tracker.finished("interrupted", error=exc)
             return False
-        try:  # the steps that did finish are kept, so the next attempt replays them
-            await ctx._flush_checkpoints()
-        except Exception as write_error:  # noqa: BLE001 - the user's exception must surface
-            _log.warning(
-                "run %r: pipelined checkpoints were not written: %s", ctx.run_id, write_error
-            )
+        await ctx._keep_finished_steps()
         parked = isinstance(exc, StepNeedsReview) or getattr(exc, "_tidebase_parked", False)
         failure_class = "manual_review" if parked else None
         requeued = False
@@ -972,12 +979,7 @@ class AsyncTidebase:
 
     @staticmethod
     async def _flush_then_release(store: Store, ctx: RunContext) -> None:
-        try:
-            await ctx._flush_checkpoints()
-        except Exception as write_error:  # noqa: BLE001 - releasing matters more
-            _log.warning(
-                "run %r: pipelined checkpoints were not written: %s", ctx.run_id, write_error
-            )
+        await ctx._keep_finished_steps()
         await store.release_run(ctx.run_id, ctx.lease_owner)
 
     async def _heartbeat(

@@ -133,6 +133,25 @@ def _step_in_message(exc: asyncpg.PostgresError, prefix: str) -> str | None:
     return message[len(prefix) :] or None
 
 
+def _checkpoint_args(
+    key: StepKey, output: Any, span: SpanRef | None, lease_ms: int
+) -> tuple[Any, ...]:
+    """The arguments of `_COMPLETE_STEP` (one checkpoint, alone or in a batch)."""
+    return (
+        key.run_id,
+        key.owner,
+        key.name,
+        key.parent,
+        key.input_hash,
+        key.input,
+        key.options,
+        output,
+        span.trace_id if span else None,
+        span.span_id if span else None,
+        lease_ms,
+    )
+
+
 def _translate(exc: asyncpg.PostgresError, run_id: str, step: str | None = None) -> Exception:
     code = getattr(exc, "sqlstate", None)
     if isinstance(exc, asyncpg.DataError):
@@ -433,17 +452,7 @@ class PostgresStore:
     ) -> StepWrite:
         data = await self._fetchval(
             _COMPLETE_STEP,
-            key.run_id,
-            key.owner,
-            key.name,
-            key.parent,
-            key.input_hash,
-            key.input,
-            key.options,
-            output,
-            span.trace_id if span else None,
-            span.span_id if span else None,
-            lease_ms,
+            *_checkpoint_args(key, output, span, lease_ms),
             run_id=key.run_id,
             step=key.name,
             idempotent=True,
@@ -453,22 +462,7 @@ class PostgresStore:
     async def complete_steps(self, checkpoints: Sequence[Checkpoint], lease_ms: int) -> None:
         if not checkpoints:
             return
-        rows = [
-            (
-                c.key.run_id,
-                c.key.owner,
-                c.key.name,
-                c.key.parent,
-                c.key.input_hash,
-                c.key.input,
-                c.key.options,
-                c.output,
-                c.span.trace_id if c.span else None,
-                c.span.span_id if c.span else None,
-                lease_ms,
-            )
-            for c in checkpoints
-        ]
+        rows = [_checkpoint_args(c.key, c.output, c.span, lease_ms) for c in checkpoints]
         # executemany: one round trip for the whole batch, atomic (asyncpg wraps it in a
         # transaction), so a batch is committed whole or not at all, with one commit.
         await self._with_connection(

@@ -131,14 +131,26 @@ def _checked_options(body: Body) -> dict[str, Any] | None:
 
 
 def _step_key(body: Body) -> dict[str, Any]:
-    owner = body.identifier("leaseOwner", required=True)
+    return {"owner": body.identifier("leaseOwner", required=True), **_step_fields(body)}
+
+
+def _step_fields(body: Body) -> dict[str, Any]:
+    """The step a write is about: name, parent, input hash, input, options."""
     return {
-        "owner": owner,
         "name": _name(body),
         "parent": body.identifier("parent"),
         "input_hash": _input_hash(body),
         "input": body.json("input"),
         "options": _checked_options(body),
+    }
+
+
+def _checkpoint(body: Body) -> dict[str, Any]:
+    """What a checkpoint writes besides the step key: its output and span context."""
+    return {
+        "output": body.json("output"),
+        "trace_id": body.text("traceId", max_chars=_SPAN_ID_CHARS),
+        "span_id": body.text("spanId", max_chars=_SPAN_ID_CHARS),
     }
 
 
@@ -157,12 +169,7 @@ async def checkpoint_step(request: Request) -> Response:
     body = await read_body(request)
     key = _step_key(body)
     result = await deps.store(request).checkpoint_text(
-        run_id,
-        output=body.json("output"),
-        trace_id=body.text("traceId", max_chars=_SPAN_ID_CHARS),
-        span_id=body.text("spanId", max_chars=_SPAN_ID_CHARS),
-        lease_ms=_lease_ms(request, body),
-        **key,
+        run_id, lease_ms=_lease_ms(request, body), **key, **_checkpoint(body)
     )
     return _json_text(result)
 
@@ -191,16 +198,7 @@ def _checkpoint_item(entry: Any, where: str) -> dict[str, Any]:
         raise BadRequest(where, "must be an object")
     item = Body(entry)
     try:
-        return {
-            "name": _name(item),
-            "parent": item.identifier("parent"),
-            "input_hash": _input_hash(item),
-            "input": item.json("input"),
-            "options": _checked_options(item),
-            "output": item.json("output"),
-            "trace_id": item.text("traceId", max_chars=_SPAN_ID_CHARS),
-            "span_id": item.text("spanId", max_chars=_SPAN_ID_CHARS),
-        }
+        return {**_step_fields(item), **_checkpoint(item)}
     except BadRequest as exc:
         raise BadRequest(f"{where}.{exc.field}", exc.message, code=exc.code) from None
 
