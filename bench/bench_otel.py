@@ -177,13 +177,22 @@ class Workload:
 
 
 class Telemetry:
-    """Fresh SDK providers exporting to the receiver, instrumented; `close` flushes it all."""
+    """Fresh SDK providers exporting to the receiver, instrumented; `close` flushes it all.
 
-    def __init__(self, args: argparse.Namespace, endpoint: str) -> None:
+    With ``export_spans=False`` the BatchSpanProcessor hands its batches to a no-op exporter
+    instead of OTLP: the same run with everything but the span export, to show that share.
+    """
+
+    def __init__(self, args: argparse.Namespace, endpoint: str, export_spans: bool = True) -> None:
         self.tracer_provider = TracerProvider()
+        span_exporter = (
+            OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
+            if export_spans
+            else bench_agents_processor.NoopExporter()
+        )
         self.tracer_provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"),
+                span_exporter,
                 schedule_delay_millis=args.bsp_delay_ms,
                 max_export_batch_size=args.bsp_batch,
                 max_queue_size=max(args.bsp_queue, args.bsp_batch),
@@ -243,25 +252,28 @@ async def measure_workloads(args: argparse.Namespace, receiver: Receiver) -> Non
             args.work_ms / 1000,
         ),
     }
-    # (workload, on) -> per round (steps/s, CPU us per step)
-    results: dict[tuple[str, bool], list[tuple[float, float]]] = {
-        (name, on): [] for name in workloads for on in (False, True)
+    # (workload, variant) -> per round (steps/s, CPU us per step)
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {
+        (name, variant): [] for name in workloads for variant in VARIANTS
     }
     spans_sent = 0
     try:
         await tide.store()
         warm_up = Workload("warm-up", 2, 20)
-        for on in (False, True):
-            telemetry = Telemetry(args, receiver.endpoint) if on else None
-            await timed(tide, warm_up, 2, telemetry)
+        for variant in VARIANTS:
+            await timed(tide, warm_up, 2, telemetry_for(variant, args, receiver))
         spans_sent += 2 * warm_up.runs * (1 + warm_up.steps_per_run)
         for round_number in range(args.rounds):
-            order = (False, True) if round_number % 2 == 0 else (True, False)
+            # Rotate which variant goes first, so none always runs on a fresher machine.
+            shift = round_number % len(VARIANTS)
+            order = VARIANTS[shift:] + VARIANTS[:shift]
             for name, workload in workloads.items():
-                for on in order:
-                    telemetry = Telemetry(args, receiver.endpoint) if on else None
-                    results[(name, on)].append(await timed(tide, workload, args.repeat, telemetry))
-                    if on:
+                for variant in order:
+                    telemetry = telemetry_for(variant, args, receiver)
+                    results[(name, variant)].append(
+                        await timed(tide, workload, args.repeat, telemetry)
+                    )
+                    if variant == ON:
                         spans_sent += args.repeat * workload.runs * (1 + workload.steps_per_run)
     finally:
         await tide.close()
@@ -271,24 +283,29 @@ async def measure_workloads(args: argparse.Namespace, receiver: Receiver) -> Non
         f"{args.repeat} x the workload; on = BatchSpanProcessor(schedule_delay={args.bsp_delay_ms}"
         f" ms, max_export_batch_size={args.bsp_batch}, max_queue_size="
         f"{max(args.bsp_queue, args.bsp_batch)}) + OTLP/HTTP to a receiver process, OTLP "
-        f"metrics every {args.metric_interval_ms} ms, all flushed inside the timing)"
+        f"metrics every {args.metric_interval_ms} ms, all flushed inside the timing; "
+        "'no export': the same with the span exporter replaced by a no-op)"
     )
     print(
         f"  {'workload':<34} {'off':>7} {'on':>7} steps/s  ratio on/off (min-max)   "
-        "wall +us/step   CPU us/step off -> on"
+        "no export   wall +us/step   CPU us/step off -> on"
     )
+    off_step_us: dict[str, float] = {}
     for name, workload in workloads.items():
-        off, on_ = results[(name, False)], results[(name, True)]
-        # Rounds pair an off and an on measurement taken back to back: the ratio of each pair
-        # cancels slow drifts (other processes, the database) that medians of each side keep.
+        off, on_, quiet = (results[(name, v)] for v in VARIANTS)
+        # Rounds pair measurements taken back to back: the ratio of each pair cancels slow
+        # drifts (other processes, the database) that medians of each side keep.
         ratios = [b[0] / a[0] for a, b in zip(off, on_, strict=True)]
+        quiet_ratios = [b[0] / a[0] for a, b in zip(off, quiet, strict=True)]
         off_rate = statistics.median(r for r, _ in off)
         on_rate = statistics.median(r for r, _ in on_)
         off_cpu = statistics.median(c for _, c in off)
         on_cpu = statistics.median(c for _, c in on_)
+        off_step_us[name] = 1e6 / off_rate
         print(
             f"  {workload.title:<34} {off_rate:7.0f} {on_rate:7.0f}          "
             f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            f"     {statistics.median(quiet_ratios):.3f}"
             f"   {(1 / on_rate - 1 / off_rate) * 1e6:+8.1f}      "
             f"{off_cpu:6.1f} -> {on_cpu:6.1f} (+{on_cpu - off_cpu:.1f})"
         )
@@ -297,6 +314,51 @@ async def measure_workloads(args: argparse.Namespace, receiver: Receiver) -> Non
         f"  receiver got {stats['requests']} OTLP requests, {stats['bytes'] / 1024:.0f} KiB, "
         f"{stats['spans']} spans (sent {spans_sent})"
     )
+    encode_us = otlp_encode_us()
+    print(
+        f"  the OTLP exporter spends {encode_us:.1f} us of CPU (holding the GIL) encoding each "
+        f"step span: {encode_us / off_step_us['single'] * 100:.1f}% of a trivial step "
+        f"({off_step_us['single']:.0f} us off), {encode_us / off_step_us['io'] * 100:.1f}% of "
+        f"a {args.work_ms:g} ms one ({off_step_us['io']:.0f} us off)"
+    )
+
+
+OFF, ON, NO_EXPORT = "off", "on", "no export"
+VARIANTS = [OFF, ON, NO_EXPORT]
+
+
+def telemetry_for(variant: str, args: argparse.Namespace, receiver: Receiver) -> Telemetry | None:
+    if variant == OFF:
+        return None
+    return Telemetry(args, receiver.endpoint, export_spans=variant == ON)
+
+
+def otlp_encode_us() -> float:
+    """CPU microseconds the OTLP exporter spends per step span (protobuf encoding of a batch
+    of 512, the BatchSpanProcessor's default; paid on its thread, under the GIL)."""
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tidebase_otel.observer import TidebaseObserver
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    observer = TidebaseObserver(provider, otel_metrics.NoOpMeterProvider())
+    attempt = observer.attempt(AttemptInfo(f"run_{0:032x}", WORKFLOW, 1))
+    for i in range(512):
+        step = attempt.step(
+            StepInfo(f"run_{0:032x}", WORKFLOW, 1, f"s{i}", "0" * 64, (), None, None, 0, None)
+        )
+        step.finished("completed", duration_s=1e-4)
+    attempt.finished("completed")
+    batch = [span for span in memory.get_finished_spans() if span.name.startswith("step ")]
+    encode_spans(batch).SerializeToString()  # warm
+    start = time.process_time()
+    for _ in range(5):
+        encode_spans(batch).SerializeToString()
+    return (time.process_time() - start) / (5 * len(batch)) * 1e6
 
 
 # ---------------------------------------------------------------------------------- no database
@@ -346,8 +408,6 @@ def observer_cost(rounds: int) -> None:
     import agents
     from opentelemetry import metrics as otel_metrics
     from opentelemetry import trace as otel_trace
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from tidebase_otel.observer import TidebaseObserver
 
@@ -386,22 +446,7 @@ def observer_cost(rounds: int) -> None:
             hot[name].append(asyncio.run(_observer_step_cost(observers, 10, 200)))
             cold[name].append(asyncio.run(_observer_step_cost(observers, 1, 60, 0.005)))
 
-    # The exporter's CPU per span: OTLP protobuf encoding of 512 step spans (one batch).
-    memory = InMemorySpanExporter()
-    encode_provider = TracerProvider()
-    encode_provider.add_span_processor(SimpleSpanProcessor(memory))
-    step_observer = TidebaseObserver(encode_provider, otel_metrics.NoOpMeterProvider())
-    step_attempt = step_observer.attempt(AttemptInfo(f"run_{0:032x}", WORKFLOW, 1))
-    for i in range(512):
-        step = step_attempt.step(
-            StepInfo(f"run_{0:032x}", WORKFLOW, 1, f"s{i}", "0" * 64, (), None, None, 0, None)
-        )
-        step.finished("completed", duration_s=1e-4)
-    batch = memory.get_finished_spans()  # the step spans (the run span is still open)
-    encode_start = time.perf_counter()
-    for _ in range(5):
-        encode_spans(batch).SerializeToString()
-    encode_us = (time.perf_counter() - encode_start) / (5 * len(batch)) * 1e6
+    encode_us = otlp_encode_us()
 
     print(
         f"Observer without a database: CPU us per executed step in the hooks (median of "
