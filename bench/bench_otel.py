@@ -9,16 +9,21 @@ pessimistic). The OTLP receiver is a separate process, as a real collector is: i
 request and keeps the trace payloads, which it decodes only after the measurement to count the
 spans it received (so a dropped span shows). "Off" is the same client with nothing instrumented.
 
-Each round measures off and on back to back (alternating which goes first) on three workloads:
+Each round measures off, on and "no export" back to back (rotating which goes first) on three
+workloads:
 one run of N trivial pure steps (the worst case: a step is one database round trip), R
 concurrent runs of N/R steps each, and one run of N/4 steps that each wait W ms on I/O (still
 far shorter than any LLM call). A measurement runs the workload ``--repeat`` times in a row.
 An "on" measurement gets fresh providers and ends by shutting them down inside the timed
 region, so it pays for exporting every span and metric it produced and an "off" measurement
 never shares the process with a busy exporter thread. Reported: median steps/s of each side,
-the median of the per-round ratios on/off (target: >= 0.95) with their range, the time telemetry
-adds per step, and this process's CPU time per step (all threads: a steadier figure than wall
-time on a shared machine, whose noise the ratio ranges show).
+the median of the per-round ratios on/off (target: >= 0.95) with their range, the same ratio
+for "no export" (on, but the BatchSpanProcessor hands its batches to a no-op exporter: the gap
+between the two is what exporting spans costs, the rest is tidebase_otel and the SDK's span and
+metric work), the time telemetry adds per step, and this process's CPU time per step (all
+threads: a steadier figure than wall time on a shared machine, whose noise the ratio ranges
+show). Last, the exporter's CPU per step span set against an off step of each length: a floor
+under what exporting one span per step can cost a run, whatever tidebase_otel does.
 
 Then, without a database: what the observer costs per step in the hooks exactly as
 `tidebase.aio` calls them, split into our own code (no-op OpenTelemetry providers), the SDK's
@@ -53,6 +58,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 import tidebase_otel
 from tidebase.aio import AsyncTidebase
@@ -184,7 +190,10 @@ class Telemetry:
     """
 
     def __init__(self, args: argparse.Namespace, endpoint: str, export_spans: bool = True) -> None:
-        self.tracer_provider = TracerProvider()
+        sampler = None
+        if args.sample_ratio is not None:  # what the README recommends for many trivial steps
+            sampler = ParentBased(TraceIdRatioBased(args.sample_ratio))
+        self.tracer_provider = TracerProvider(sampler=sampler)
         span_exporter = (
             OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
             if export_spans
@@ -278,12 +287,13 @@ async def measure_workloads(args: argparse.Namespace, receiver: Receiver) -> Non
     finally:
         await tide.close()
 
+    sampling = "" if args.sample_ratio is None else f"sampling {args.sample_ratio:g} of runs; "
     print(
         f"tidebase_otel on vs off, median of {args.rounds} rounds (a measurement is "
         f"{args.repeat} x the workload; on = BatchSpanProcessor(schedule_delay={args.bsp_delay_ms}"
         f" ms, max_export_batch_size={args.bsp_batch}, max_queue_size="
         f"{max(args.bsp_queue, args.bsp_batch)}) + OTLP/HTTP to a receiver process, OTLP "
-        f"metrics every {args.metric_interval_ms} ms, all flushed inside the timing; "
+        f"metrics every {args.metric_interval_ms} ms, all flushed inside the timing; {sampling}"
         "'no export': the same with the span exporter replaced by a no-op)"
     )
     print(
@@ -312,7 +322,7 @@ async def measure_workloads(args: argparse.Namespace, receiver: Receiver) -> Non
     stats = receiver.stats()
     print(
         f"  receiver got {stats['requests']} OTLP requests, {stats['bytes'] / 1024:.0f} KiB, "
-        f"{stats['spans']} spans (sent {spans_sent})"
+        f"{stats['spans']} spans" + (f" (sent {spans_sent})" if not sampling else "")
     )
     encode_us = otlp_encode_us()
     print(
@@ -503,6 +513,12 @@ def main() -> None:
     parser.add_argument("--bsp-delay-ms", type=int, default=5000)
     parser.add_argument("--bsp-batch", type=int, default=512)
     parser.add_argument("--bsp-queue", type=int, default=2048)
+    parser.add_argument(
+        "--sample-ratio",
+        type=float,
+        default=None,
+        help="sample this share of runs (ParentBased(TraceIdRatioBased)); default: all",
+    )
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=("steps", "observer", "agents"), default=None)
     args = parser.parse_args()

@@ -29,6 +29,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 
 import tidebase_otel
 from tidebase_otel import _semconv as sc
@@ -37,9 +38,9 @@ from tidebase_otel import _semconv as sc
 class Telemetry:
     """Real SDK providers whose output stays in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: Sampler | None = None) -> None:
         self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
+        self.tracer_provider = TracerProvider(sampler=sampler)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.reader = InMemoryMetricReader()
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
@@ -118,10 +119,10 @@ class Telemetry:
 
 
 @contextlib.contextmanager
-def instrumented(**kwargs: Any) -> Iterator[Telemetry]:
+def instrumented(sampler: Sampler | None = None, **kwargs: Any) -> Iterator[Telemetry]:
     """tidebase_otel instrumented into a fresh `Telemetry`; undone afterwards, always."""
     agents.set_trace_processors([])  # never the default OpenAI exporter in tests
-    telemetry = Telemetry()
+    telemetry = Telemetry(sampler)
     tidebase_otel.instrument(
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,

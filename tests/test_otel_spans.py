@@ -16,6 +16,7 @@ import pytest
 from _otel import Telemetry, instrumented
 from conftest import new_run_id
 from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import StatusCode
 
 from tidebase import RunCancelled, StepNeedsReview
@@ -234,6 +235,52 @@ async def test_replay_links_to_the_executing_span_and_attempts_link(tide, otel: 
     (again,) = otel.spans()
     assert _attrs(again)[sc.TIDEBASE_RUN_STATUS] == "already_completed"
     assert again.status.status_code == StatusCode.UNSET
+
+
+async def test_unsampled_attempt_exports_nothing_counts_everything_and_resumes(tide, pg_url: str):
+    """Sampling, as the README recommends for many trivial steps: an unsampled attempt's steps
+    get non-recording spans and store no span refs, its metrics still count every step, and a
+    sampled resume replays them with no link to follow (and links no previous attempt)."""
+    run_id = new_run_id()
+
+    async def pipeline(run, input):
+        a = await run.step("a", lambda: 1)
+        side = await run.step("side", lambda: 2, side_effects=["tickets.create"])
+        if run.attempt == 1:
+            raise Crash("died after side")
+        b = await run.step("b", lambda: 3)
+        return a + side + b
+
+    with instrumented(sampler=ParentBased(ALWAYS_OFF)) as unsampled:
+        with pytest.raises(Crash):
+            await tide.run("wf", pipeline, run_id=run_id)
+        assert unsampled.spans() == []
+        completed = {sc.TIDEBASE_STEP_OUTCOME: "completed"}
+        assert unsampled.metric_sum(sc.METRIC_TIDEBASE_STEPS, **completed) == 2
+        assert unsampled.metric_count(sc.METRIC_TIDEBASE_STEP_DURATION, **completed) == 2
+        failed = {sc.TIDEBASE_RUN_STATUS: "failed"}
+        assert unsampled.metric_sum(sc.METRIC_TIDEBASE_RUNS, **failed) == 1
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT trace_id, span_id FROM steps WHERE run_id = $1", run_id)
+        attempt = await conn.fetchrow(
+            "SELECT trace_id, span_id FROM run_attempts WHERE run_id = $1", run_id
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [(None, None), (None, None)]
+    assert tuple(attempt) == (None, None)
+
+    with instrumented() as sampled:
+        assert await tide.run("wf", pipeline, run_id=run_id) == 6
+        run_span = sampled.one("run wf")
+        assert run_span.links == ()
+        for name in ("a", "side"):
+            replayed = sampled.one(f"step {name}")
+            assert _attrs(replayed)[sc.TIDEBASE_STEP_OUTCOME] == "replayed"
+            assert replayed.links == ()
+            assert replayed.parent.span_id == run_span.context.span_id
+        assert _attrs(sampled.one("step b"))[sc.TIDEBASE_STEP_OUTCOME] == "completed"
 
 
 async def test_failed_step_has_error_status_exception_and_resume_decision(tide, otel: Telemetry):
