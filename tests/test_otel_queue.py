@@ -9,7 +9,6 @@ from _otel import instrumented
 from _queue_helpers import make_ready
 
 from tidebase_otel import _semconv as sc
-from tidebase_otel import queue as q
 
 
 async def test_enqueue_span_links_to_every_attempt_and_metrics_count(tide, pg_url):
@@ -42,7 +41,7 @@ async def test_enqueue_span_links_to_every_attempt_and_metrics_count(tide, pg_ur
             for s in t.named(f"process {queue}")
             if s.attributes[sc.TIDEBASE_RUN_ID] == queued.run_id
         ]
-        assert [p.attributes[q.TIDEBASE_QUEUE_OUTCOME] for p in processes] == [
+        assert [p.attributes[sc.TIDEBASE_QUEUE_OUTCOME] for p in processes] == [
             "requeued",
             "completed",
         ]
@@ -56,12 +55,21 @@ async def test_enqueue_span_links_to_every_attempt_and_metrics_count(tide, pg_ur
         trace_hex = f"{enqueue.context.trace_id:032x}"
         assert detail["run"]["enqueued_trace_id"] == trace_hex
 
-        assert t.metric_sum(q.METRIC_QUEUE_CLAIMS, **{q.TIDEBASE_QUEUE_NAME: queue}) == 2
-        assert t.metric_sum(q.METRIC_QUEUE_RETRIES, **{q.TIDEBASE_QUEUE_NAME: queue}) == 1
-        assert t.metric_count(q.METRIC_QUEUE_WAIT, **{q.TIDEBASE_QUEUE_NAME: queue}) == 2
-        assert t.metric_sum(q.METRIC_QUEUE_ENQUEUED, **{q.TIDEBASE_QUEUE_NAME: queue}) == 2
-        assert t.metric_sum(q.METRIC_CANCELLATIONS, **{q.TIDEBASE_CANCEL_OUTCOME: "cancelled"}) >= 1
-        (cancel,) = [
-            s for s in t.named(q.SPAN_CANCEL) if s.attributes[sc.TIDEBASE_RUN_ID] == dup.run_id
+        assert t.metric_sum(sc.METRIC_QUEUE_CLAIMS, **{sc.TIDEBASE_QUEUE_NAME: queue}) == 2
+        assert t.metric_sum(sc.METRIC_QUEUE_RETRIES, **{sc.TIDEBASE_QUEUE_NAME: queue}) == 1
+        assert t.metric_count(sc.METRIC_QUEUE_WAIT, **{sc.TIDEBASE_QUEUE_NAME: queue}) == 2
+        # Waits are seconds: the buckets are second-scale, not the SDK's millisecond default.
+        (wait,) = [
+            p
+            for p in t.metric_points(sc.METRIC_QUEUE_WAIT)
+            if p.attributes[sc.TIDEBASE_QUEUE_NAME] == queue
         ]
-        assert cancel.attributes[q.TIDEBASE_CANCEL_REASON] == "done"
+        assert tuple(wait.explicit_bounds) == sc.QUEUE_WAIT_BUCKETS
+        assert t.metric_sum(sc.METRIC_QUEUE_ENQUEUED, **{sc.TIDEBASE_QUEUE_NAME: queue}) == 2
+        assert (
+            t.metric_sum(sc.METRIC_CANCELLATIONS, **{sc.TIDEBASE_CANCEL_OUTCOME: "cancelled"}) >= 1
+        )
+        (cancel,) = [
+            s for s in t.named(sc.SPAN_CANCEL) if s.attributes[sc.TIDEBASE_RUN_ID] == dup.run_id
+        ]
+        assert cancel.attributes[sc.TIDEBASE_CANCEL_REASON] == "done"

@@ -7,7 +7,7 @@ One line turns it on for every run in the process::
     tidebase_otel.instrument()
 
 or run the program under ``opentelemetry-instrument`` (entry point ``tidebase``). See
-``docs/telemetry.md`` for every span, attribute and metric.
+the README's "Telemetry" section for every span, attribute and metric.
 
 Instrumentation uses the OpenTelemetry API only; `configure` (and `TidebaseInstrumentor`,
 imported lazily) need the ``tidebase[otel]`` extra.

@@ -182,6 +182,7 @@ UNIT_SECONDS: Final = "s"
 UNIT_USD: Final = "USD"
 UNIT_STEP: Final = "{step}"
 UNIT_RUN: Final = "{run}"
+UNIT_DELIVERY: Final = "{delivery}"
 
 # Tidebase counters (summable by dashboards; low-cardinality attributes only).
 METRIC_TIDEBASE_TOKENS: Final = "tidebase.usage.tokens"
@@ -212,6 +213,38 @@ OPERATION_FOR_USAGE_KIND: Final = {
 }
 # gen_ai.provider.name / gen_ai.request.model when a ledger record names none.
 UNKNOWN_VALUE: Final = "unknown"
+
+# --------------------------------------------------------------------------------------------
+# Queues, cancellation and recovery webhooks (tidebase_otel.queue)
+# --------------------------------------------------------------------------------------------
+TIDEBASE_QUEUE_NAME: Final = "tidebase.queue.name"
+TIDEBASE_QUEUE_DEDUPE_KEY: Final = "tidebase.queue.dedupe_key"
+TIDEBASE_QUEUE_DEDUPLICATED: Final = "tidebase.queue.deduplicated"
+TIDEBASE_QUEUE_PRIORITY: Final = "tidebase.queue.priority"
+TIDEBASE_QUEUE_MAX_ATTEMPTS: Final = "tidebase.queue.max_attempts"
+TIDEBASE_QUEUE_WAIT_S: Final = "tidebase.queue.wait_s"
+TIDEBASE_QUEUE_OUTCOME: Final = "tidebase.queue.outcome"
+TIDEBASE_CANCEL_REASON: Final = "tidebase.cancel.reason"
+TIDEBASE_CANCEL_ACTOR: Final = "tidebase.cancel.actor"
+TIDEBASE_CANCEL_OUTCOME: Final = "tidebase.cancel.outcome"
+TIDEBASE_RECOVERY_REASON: Final = "tidebase.recovery.reason"
+TIDEBASE_RECOVERY_TRY: Final = "tidebase.recovery.try"
+TIDEBASE_RECOVERY_OUTCOME: Final = "tidebase.recovery.outcome"
+HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+LINK_ENQUEUED_BY: Final = "enqueued_by"  # process span -> the enqueue span of its run
+
+SPAN_ENQUEUE: Final = "enqueue {queue}"
+SPAN_PROCESS: Final = "process {queue}"
+SPAN_CANCEL: Final = "cancel run"
+SPAN_RECOVERY: Final = "recovery {workflow}"
+
+METRIC_QUEUE_WAIT: Final = "tidebase.queue.wait_time"
+METRIC_QUEUE_CLAIMS: Final = "tidebase.queue.claims"
+METRIC_QUEUE_RETRIES: Final = "tidebase.queue.retries"
+METRIC_QUEUE_ENQUEUED: Final = "tidebase.queue.enqueued"
+METRIC_CANCELLATIONS: Final = "tidebase.run.cancellations"
+METRIC_RECOVERIES: Final = "tidebase.recovery.deliveries"
+QUEUE_WAIT_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 
 # --------------------------------------------------------------------------------------------
 # Usage ledger records written by record_agents_usage=True

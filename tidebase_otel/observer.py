@@ -1,6 +1,6 @@
 """`TidebaseObserver`: a tidebase `RunObserver` that makes every run attempt and step a span.
 
-Spans (names and attributes are listed in ``docs/telemetry.md``):
+Spans (names and attributes are listed in the README's "Telemetry" section):
 
 * ``run {workflow}``: one per run attempt, started before the run lease is taken (its span
   context is stored with the attempt) and current while the workflow function runs. Linked to

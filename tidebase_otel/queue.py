@@ -15,8 +15,8 @@ Metrics (attributes: queue, workflow, outcome, reason; never run ids):
 ``tidebase.queue.retries``, ``tidebase.queue.enqueued``, ``tidebase.run.cancellations``,
 ``tidebase.recovery.deliveries``.
 
-The names live in the constants block below (``_semconv.py`` is being edited elsewhere; they
-move there later). Nothing here raises into tidebase: the hook layer guards every call.
+Names live in ``_semconv.py`` with every other string tidebase_otel emits. Nothing here raises
+into tidebase: the hook layer guards every call.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
@@ -42,42 +42,12 @@ from tidebase.hooks import (
 )
 
 from . import _semconv as sc
+from .metrics import _histogram
 from .observer import error_type, span_context, span_ref
 
 __all__ = ["QueueObserver", "install", "uninstall"]
 
-# -- names (to move into _semconv.py) -----------------------------------------------------------
-TIDEBASE_QUEUE_NAME: Final = "tidebase.queue.name"
-TIDEBASE_QUEUE_DEDUPE_KEY: Final = "tidebase.queue.dedupe_key"
-TIDEBASE_QUEUE_DEDUPLICATED: Final = "tidebase.queue.deduplicated"
-TIDEBASE_QUEUE_PRIORITY: Final = "tidebase.queue.priority"
-TIDEBASE_QUEUE_MAX_ATTEMPTS: Final = "tidebase.queue.max_attempts"
-TIDEBASE_QUEUE_WAIT_S: Final = "tidebase.queue.wait_s"
-TIDEBASE_QUEUE_OUTCOME: Final = "tidebase.queue.outcome"
-TIDEBASE_CANCEL_REASON: Final = "tidebase.cancel.reason"
-TIDEBASE_CANCEL_ACTOR: Final = "tidebase.cancel.actor"
-TIDEBASE_CANCEL_OUTCOME: Final = "tidebase.cancel.outcome"
-TIDEBASE_RECOVERY_REASON: Final = "tidebase.recovery.reason"
-TIDEBASE_RECOVERY_TRY: Final = "tidebase.recovery.try"
-TIDEBASE_RECOVERY_OUTCOME: Final = "tidebase.recovery.outcome"
-HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
-ERROR_TYPE: Final = "error.type"
-LINK_ENQUEUED_BY: Final = "enqueued_by"
-
-SPAN_ENQUEUE: Final = "enqueue {queue}"
-SPAN_PROCESS: Final = "process {queue}"
-SPAN_CANCEL: Final = "cancel run"
-SPAN_RECOVERY: Final = "recovery {workflow}"
-
-METRIC_QUEUE_WAIT: Final = "tidebase.queue.wait_time"
-METRIC_QUEUE_CLAIMS: Final = "tidebase.queue.claims"
-METRIC_QUEUE_RETRIES: Final = "tidebase.queue.retries"
-METRIC_QUEUE_ENQUEUED: Final = "tidebase.queue.enqueued"
-METRIC_CANCELLATIONS: Final = "tidebase.run.cancellations"
-METRIC_RECOVERIES: Final = "tidebase.recovery.deliveries"
-
 _SCOPE = "tidebase_otel.queue"
-_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 _OK_OUTCOMES = frozenset({"completed", "requeued", "released"})
 
 
@@ -93,45 +63,55 @@ class QueueObserver(RunObserver):
             _SCOPE, _tidebase_version, tracer_provider=tracer_provider
         )
         meter = otel_metrics.get_meter(_SCOPE, _tidebase_version, meter_provider=meter_provider)
-        self.wait_time = meter.create_histogram(
-            METRIC_QUEUE_WAIT, unit="s", description="Time a run waited on its queue once ready"
+        self.wait_time = _histogram(
+            meter,
+            sc.METRIC_QUEUE_WAIT,
+            sc.UNIT_SECONDS,
+            "Time a run waited on its queue once ready",
+            sc.QUEUE_WAIT_BUCKETS,
         )
         self.claims = meter.create_counter(
-            METRIC_QUEUE_CLAIMS, unit="{run}", description="Queued runs claimed by workers"
+            sc.METRIC_QUEUE_CLAIMS, unit=sc.UNIT_RUN, description="Queued runs claimed by workers"
         )
         self.retries = meter.create_counter(
-            METRIC_QUEUE_RETRIES, unit="{run}", description="Failed attempts requeued for retry"
+            sc.METRIC_QUEUE_RETRIES,
+            unit=sc.UNIT_RUN,
+            description="Failed attempts requeued for retry",
         )
         self.enqueued = meter.create_counter(
-            METRIC_QUEUE_ENQUEUED, unit="{run}", description="Runs enqueued (deduplicated apart)"
+            sc.METRIC_QUEUE_ENQUEUED,
+            unit=sc.UNIT_RUN,
+            description="Runs enqueued (deduplicated apart)",
         )
         self.cancellations = meter.create_counter(
-            METRIC_CANCELLATIONS, unit="{run}", description="Run cancellations requested"
+            sc.METRIC_CANCELLATIONS, unit=sc.UNIT_RUN, description="Run cancellations requested"
         )
         self.recoveries = meter.create_counter(
-            METRIC_RECOVERIES, unit="{delivery}", description="Recovery webhook delivery tries"
+            sc.METRIC_RECOVERIES,
+            unit=sc.UNIT_DELIVERY,
+            description="Recovery webhook delivery tries",
         )
 
     def enqueue(self, info: EnqueueInfo) -> EnqueueTracker:
         return _EnqueueSpan(self, info)
 
     def claimed(self, info: ClaimInfo) -> ClaimTracker:
-        attrs = {TIDEBASE_QUEUE_NAME: info.queue, sc.TIDEBASE_WORKFLOW: info.workflow}
+        attrs = {sc.TIDEBASE_QUEUE_NAME: info.queue, sc.TIDEBASE_WORKFLOW: info.workflow}
         self.claims.add(1, attrs)
         self.wait_time.record(info.wait_s, attrs)
         return _ProcessSpan(self, info)
 
     def cancelled(self, info: CancelInfo) -> None:
-        self.cancellations.add(1, {TIDEBASE_CANCEL_OUTCOME: info.outcome})
+        self.cancellations.add(1, {sc.TIDEBASE_CANCEL_OUTCOME: info.outcome})
         attrs: dict[str, Any] = {
             sc.TIDEBASE_RUN_ID: info.run_id,
-            TIDEBASE_CANCEL_OUTCOME: info.outcome,
+            sc.TIDEBASE_CANCEL_OUTCOME: info.outcome,
         }
         if info.reason is not None:
-            attrs[TIDEBASE_CANCEL_REASON] = info.reason
+            attrs[sc.TIDEBASE_CANCEL_REASON] = info.reason
         if info.actor is not None:
-            attrs[TIDEBASE_CANCEL_ACTOR] = info.actor
-        self._tracer.start_span(SPAN_CANCEL, kind=SpanKind.INTERNAL, attributes=attrs).end()
+            attrs[sc.TIDEBASE_CANCEL_ACTOR] = info.actor
+        self._tracer.start_span(sc.SPAN_CANCEL, kind=SpanKind.INTERNAL, attributes=attrs).end()
 
     def recovery(self, info: RecoveryInfo) -> None:
         outcome = "delivered" if info.delivered else ("retry" if info.will_retry else "failed")
@@ -139,8 +119,8 @@ class QueueObserver(RunObserver):
             1,
             {
                 sc.TIDEBASE_WORKFLOW: info.workflow,
-                TIDEBASE_RECOVERY_REASON: info.reason,
-                TIDEBASE_RECOVERY_OUTCOME: outcome,
+                sc.TIDEBASE_RECOVERY_REASON: info.reason,
+                sc.TIDEBASE_RECOVERY_OUTCOME: outcome,
             },
         )
         end = time.time_ns()
@@ -148,14 +128,14 @@ class QueueObserver(RunObserver):
             sc.TIDEBASE_RUN_ID: info.run_id,
             sc.TIDEBASE_RUN_ATTEMPT: info.attempt,
             sc.TIDEBASE_WORKFLOW: info.workflow,
-            TIDEBASE_RECOVERY_REASON: info.reason,
-            TIDEBASE_RECOVERY_TRY: info.try_number,
-            TIDEBASE_RECOVERY_OUTCOME: outcome,
+            sc.TIDEBASE_RECOVERY_REASON: info.reason,
+            sc.TIDEBASE_RECOVERY_TRY: info.try_number,
+            sc.TIDEBASE_RECOVERY_OUTCOME: outcome,
         }
         if info.http_status is not None:
-            attrs[HTTP_RESPONSE_STATUS_CODE] = info.http_status
+            attrs[sc.HTTP_RESPONSE_STATUS_CODE] = info.http_status
         span = self._tracer.start_span(
-            SPAN_RECOVERY.format(workflow=info.workflow[:100]),
+            sc.SPAN_RECOVERY.format(workflow=info.workflow[:100]),
             kind=SpanKind.CLIENT,
             attributes=attrs,
             start_time=end - int(info.duration_s * 1e9),
@@ -170,15 +150,15 @@ class _EnqueueSpan(EnqueueTracker):
         self._obs = observer
         self._info = info
         attrs: dict[str, Any] = {
-            TIDEBASE_QUEUE_NAME: info.queue,
+            sc.TIDEBASE_QUEUE_NAME: info.queue,
             sc.TIDEBASE_WORKFLOW: info.workflow,
-            TIDEBASE_QUEUE_PRIORITY: info.priority,
-            TIDEBASE_QUEUE_MAX_ATTEMPTS: info.max_attempts,
+            sc.TIDEBASE_QUEUE_PRIORITY: info.priority,
+            sc.TIDEBASE_QUEUE_MAX_ATTEMPTS: info.max_attempts,
         }
         if info.dedupe_key is not None:
-            attrs[TIDEBASE_QUEUE_DEDUPE_KEY] = info.dedupe_key
+            attrs[sc.TIDEBASE_QUEUE_DEDUPE_KEY] = info.dedupe_key
         self._span = observer._tracer.start_span(
-            SPAN_ENQUEUE.format(queue=info.queue[:100]), kind=SpanKind.PRODUCER, attributes=attrs
+            sc.SPAN_ENQUEUE.format(queue=info.queue[:100]), kind=SpanKind.PRODUCER, attributes=attrs
         )
         self.span_ref = span_ref(self._span)
 
@@ -191,14 +171,17 @@ class _EnqueueSpan(EnqueueTracker):
     ) -> None:
         if run_id is not None:
             self._span.set_attribute(sc.TIDEBASE_RUN_ID, run_id)
-        self._span.set_attribute(TIDEBASE_QUEUE_DEDUPLICATED, deduplicated)
+        self._span.set_attribute(sc.TIDEBASE_QUEUE_DEDUPLICATED, deduplicated)
         if error is not None:
-            self._span.set_attribute(ERROR_TYPE, error_type(error))
+            self._span.set_attribute(sc.ERROR_TYPE, error_type(error))
             self._span.set_status(Status(StatusCode.ERROR, str(error)[:256]))
         elif not deduplicated:
             self._obs.enqueued.add(
                 1,
-                {TIDEBASE_QUEUE_NAME: self._info.queue, sc.TIDEBASE_WORKFLOW: self._info.workflow},
+                {
+                    sc.TIDEBASE_QUEUE_NAME: self._info.queue,
+                    sc.TIDEBASE_WORKFLOW: self._info.workflow,
+                },
             )
         self._span.end()
 
@@ -208,18 +191,18 @@ class _ProcessSpan(ClaimTracker):
         self._obs = observer
         self._info = info
         enqueued = span_context(info.enqueued_by)
-        links = [Link(enqueued, {sc.TIDEBASE_LINK_TYPE: LINK_ENQUEUED_BY})] if enqueued else []
+        links = [Link(enqueued, {sc.TIDEBASE_LINK_TYPE: sc.LINK_ENQUEUED_BY})] if enqueued else []
         self._span = observer._tracer.start_span(
-            SPAN_PROCESS.format(queue=info.queue[:100]),
+            sc.SPAN_PROCESS.format(queue=info.queue[:100]),
             kind=SpanKind.CONSUMER,
             links=links,
             attributes={
-                TIDEBASE_QUEUE_NAME: info.queue,
+                sc.TIDEBASE_QUEUE_NAME: info.queue,
                 sc.TIDEBASE_WORKFLOW: info.workflow,
                 sc.TIDEBASE_RUN_ID: info.run_id,
                 sc.TIDEBASE_RUN_ATTEMPT: info.attempt,
-                TIDEBASE_QUEUE_MAX_ATTEMPTS: info.max_attempts,
-                TIDEBASE_QUEUE_WAIT_S: info.wait_s,
+                sc.TIDEBASE_QUEUE_MAX_ATTEMPTS: info.max_attempts,
+                sc.TIDEBASE_QUEUE_WAIT_S: info.wait_s,
             },
         )
 
@@ -231,15 +214,18 @@ class _ProcessSpan(ClaimTracker):
             yield
 
     def finished(self, outcome: str, *, error: BaseException | None = None) -> None:
-        self._span.set_attribute(TIDEBASE_QUEUE_OUTCOME, outcome)
+        self._span.set_attribute(sc.TIDEBASE_QUEUE_OUTCOME, outcome)
         if outcome == "requeued":
             self._obs.retries.add(
                 1,
-                {TIDEBASE_QUEUE_NAME: self._info.queue, sc.TIDEBASE_WORKFLOW: self._info.workflow},
+                {
+                    sc.TIDEBASE_QUEUE_NAME: self._info.queue,
+                    sc.TIDEBASE_WORKFLOW: self._info.workflow,
+                },
             )
         if outcome not in _OK_OUTCOMES:
             if error is not None:
-                self._span.set_attribute(ERROR_TYPE, error_type(error))
+                self._span.set_attribute(sc.ERROR_TYPE, error_type(error))
             self._span.set_status(Status(StatusCode.ERROR, outcome))
         self._span.end()
 
