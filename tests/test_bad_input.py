@@ -98,6 +98,35 @@ async def test_side_effects_must_be_a_list_of_strings(tide):
         await tide.run("wf", pipeline)
 
 
+@pytest.mark.parametrize("side_effects", [None, ["tickets.create"]])
+async def test_a_step_fn_that_is_not_callable_is_refused_before_anything_is_stored(
+    tide, side_effects
+):
+    run_id = new_run_id()
+    calls: list[str] = []
+
+    def first():
+        calls.append("first")
+        return 1
+
+    async def broken(run, _):
+        await run.step("first", first)
+        await run.step("ticket", 5, side_effects=side_effects)
+
+    with pytest.raises(TypeError, match=r"step 'ticket': fn must be a callable.*got int"):
+        await tide.run("wf", broken, run_id=run_id)
+
+    # Nothing was recorded for the refused step: fixed code runs it (no manual review, even
+    # with side effects), and the step before it replays.
+    async def fixed(run, _):
+        return await run.step("first", first), await run.step(
+            "ticket", lambda: "T-1", side_effects=side_effects
+        )
+
+    assert await tide.run("wf", fixed, run_id=run_id) == (1, "T-1")
+    assert calls == ["first"]
+
+
 async def test_state_set_none_is_json_null(tide):
     async def pipeline(run, _):
         await run.state_set(None)

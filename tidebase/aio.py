@@ -305,6 +305,11 @@ class RunContext:
         parent: _StepFrame | None,
     ) -> Any:
         _check_name("step name", name)
+        if not callable(fn):
+            raise TypeError(
+                f"step {name!r}: fn must be a callable (a function or coroutine function), "
+                f"got {type(fn).__name__}"
+            )
         options = self._options(name, side_effects, idempotency_key, retries, replay, retry_delay)
         if name in self._used:
             raise DuplicateStep(name)
