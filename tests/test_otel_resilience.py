@@ -3,6 +3,7 @@ raise leave runs finishing at their normal speed, with no telemetry error reachi
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import tidebase_otel
+from tidebase import hooks
 from tidebase.demo.offline_model import OfflineModel, ToolCall
 from tidebase_otel import _semconv as sc
 
@@ -203,3 +205,35 @@ async def test_a_raising_span_processor_costs_no_metric_point(tide):
         assert telemetry.metric_sum(steps, **{sc.TIDEBASE_STEP_OUTCOME: "failed"}) == 1
         runs = sc.METRIC_TIDEBASE_RUNS
         assert telemetry.metric_sum(runs, **{sc.TIDEBASE_RUN_STATUS: "failed"}) == 1
+
+
+async def test_a_broken_span_processor_logs_one_traceback_not_one_per_step(
+    tide, caplog, monkeypatch
+):
+    """The first failure of each kind is logged with its traceback, repeats are only counted:
+    a processor that fails on every span must not bury the application's own logs."""
+    failure_log = hooks._FailureLog(logging.getLogger("tidebase.hooks"), interval_s=60.0)
+    monkeypatch.setattr(hooks, "_failures", failure_log)  # forget earlier tests' failures
+    with instrumented() as telemetry:
+        telemetry.tracer_provider.add_span_processor(Exploding())
+
+        async def pipeline(run, _):
+            for i in range(20):
+                await run.step(f"s{i}", lambda: 1)
+            return "done"
+
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                assert await tide.run("noisy", pipeline, run_id=new_run_id()) == "done"
+        failures = [r for r in caplog.records if "failed" in r.getMessage()]
+        kinds = {r.getMessage().split(" failed")[0] for r in failures}
+        # 60 step spans and 3 run spans failed to end: one record per kind of failure.
+        assert failures and len(failures) == len(kinds) <= 3, [r.getMessage() for r in failures]
+        assert all(r.exc_info for r in failures)
+
+        # After the interval, one line per kind says how many were left out.
+        caplog.clear()
+        failure_log._interval_s = 0.0
+        with caplog.at_level(logging.WARNING):
+            assert await tide.run("noisy", pipeline, run_id=new_run_id()) == "done"
+        assert any("more times" in r.getMessage() for r in caplog.records)

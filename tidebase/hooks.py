@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -274,12 +277,69 @@ def global_observers() -> tuple[RunObserver, ...]:
     return tuple(_global_observers)
 
 
+class _FailureLog:
+    """Logs observer failures without flooding the log: the first failure of each kind with
+    its traceback, then at most one line per kind and interval counting the ones since.
+
+    A broken span processor fails on every span; one traceback says what is wrong, and a
+    traceback per step would bury everything else the application logs.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._kinds: dict[str, list[float]] = {}  # kind -> [last logged at, suppressed since]
+
+    def failed(self, what: str) -> None:
+        """Call from an ``except`` block: reports the exception being handled."""
+        now = time.monotonic()
+        with self._lock:
+            state = self._kinds.get(what)
+            if state is None:
+                self._kinds[what] = [now, 0]
+                first = True
+            else:
+                state[1] += 1
+                if now - state[0] < self._interval_s:
+                    return
+                suppressed = int(state[1])
+                state[0], state[1] = now, 0
+                first = False
+        if first:
+            self._logger.warning(
+                "%s failed (telemetry only, the run goes on; repeats are summarised at most "
+                "once every %.0f s)",
+                what,
+                self._interval_s,
+                exc_info=True,
+            )
+        else:
+            self._logger.warning(
+                "%s failed %d more times in the last %.0f s (latest: %r)",
+                what,
+                suppressed,
+                self._interval_s,
+                sys.exc_info()[1],
+            )
+
+
+_failures = _FailureLog(_log)
+
+
+def log_observer_failure(what: str) -> None:
+    """For observers' own guards: logs the exception being handled as a telemetry failure of
+    kind ``what``, with the same rate limit as the hook layer (a traceback the first time,
+    then a count at most once a minute)."""
+    _failures.failed(what)
+
+
 def _guard(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Calls an observer hook; logs and swallows anything it raises."""
     try:
         return fn(*args, **kwargs)
     except Exception:  # noqa: BLE001 - telemetry must never fail a run
-        _log.warning("tidebase observer hook %s failed", what, exc_info=True)
+        _failures.failed(f"tidebase observer hook {what}")
         return None
 
 
@@ -303,7 +363,7 @@ class _FanoutStep(StepTracker):
             try:
                 await t.settle(try_number)
             except Exception:  # noqa: BLE001 - telemetry must never fail a run
-                _log.warning("tidebase observer hook step.settle failed", exc_info=True)
+                _failures.failed("tidebase observer hook step.settle")
 
     def try_failed(self, try_number: int, error: BaseException, will_retry: bool) -> None:
         for t in self._trackers:
@@ -328,14 +388,14 @@ class _GuardedStep(StepTracker):
         try:
             return _SafeCM(self._tracker.running(try_number))
         except Exception:  # noqa: BLE001 - telemetry must never fail a run
-            _log.warning("tidebase observer hook step.running failed", exc_info=True)
+            _failures.failed("tidebase observer hook step.running")
             return _NULL_CONTEXT
 
     async def settle(self, try_number: int) -> None:
         try:
             await self._tracker.settle(try_number)
         except Exception:  # noqa: BLE001
-            _log.warning("tidebase observer hook step.settle failed", exc_info=True)
+            _failures.failed("tidebase observer hook step.settle")
 
     def try_failed(self, try_number: int, error: BaseException, will_retry: bool) -> None:
         _guard("step.try_failed", self._tracker.try_failed, try_number, error, will_retry)
@@ -358,14 +418,14 @@ class _SafeCM:
             self._cm.__enter__()
             self._entered = True
         except Exception:  # noqa: BLE001
-            _log.warning("tidebase observer context enter failed", exc_info=True)
+            _failures.failed("tidebase observer context enter")
 
     def __exit__(self, *exc: Any) -> bool:
         if self._entered:
             try:
                 self._cm.__exit__(*exc)
             except Exception:  # noqa: BLE001
-                _log.warning("tidebase observer context exit failed", exc_info=True)
+                _failures.failed("tidebase observer context exit")
         return False
 
 

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from tidebase.hooks import (
     StepInfo,
     StepTracker,
     UsageInfo,
+    log_observer_failure,
 )
 
 from . import _semconv as sc
@@ -62,7 +62,6 @@ _SCOPE = "tidebase_otel"
 _active_span: contextvars.ContextVar[otel_trace.Span | None] = contextvars.ContextVar(
     "tidebase_otel_active_span", default=None
 )
-_log = logging.getLogger(__name__)
 _MAX_NAME_CHARS = 100
 _MAX_DESCRIPTION_CHARS = 256
 
@@ -102,7 +101,7 @@ def _start_span(tracer: otel_trace.Tracer, name: str, **kwargs: Any) -> otel_tra
     try:
         return tracer.start_span(name, **kwargs)
     except Exception:
-        _log.warning("tidebase_otel: starting span %r failed", name, exc_info=True)
+        log_observer_failure("tidebase_otel: starting a span")
         return otel_trace.INVALID_SPAN
 
 
@@ -197,10 +196,10 @@ class _Backlog:
                 try:
                     job()
                 except Exception:
-                    _log.warning("tidebase_otel: a deferred span failed", exc_info=True)
+                    log_observer_failure("tidebase_otel: ending a deferred span")
             self._metrics.steps_ended(self._workflow, steps, durations)
         except Exception:
-            _log.warning("tidebase_otel: recording step metrics failed", exc_info=True)
+            log_observer_failure("tidebase_otel: recording step metrics")
 
 
 class TidebaseObserver(RunObserver):
