@@ -19,7 +19,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import StatusCode
 
-from tidebase import RunCancelled, StepNeedsReview
+from tidebase import RunCancelled, StepFailedPermanently, StepNeedsReview
 from tidebase.hooks import global_observers
 from tidebase_otel import _semconv as sc
 
@@ -303,7 +303,11 @@ async def test_failed_step_has_error_status_exception_and_resume_decision(tide, 
     assert event.attributes["exception.type"] == "ZeroDivisionError"
     assert event.attributes[sc.TIDEBASE_STEP_TRY] == 1
     assert event.attributes[sc.TIDEBASE_STEP_WILL_RETRY] is False
-    assert otel.one("run wf").status.status_code == StatusCode.ERROR
+    assert event.attributes["exception.escaped"] == "True"  # it left the step
+    run_span = otel.one("run wf")
+    assert run_span.status.status_code == StatusCode.ERROR
+    (run_event,) = run_span.events
+    assert run_event.attributes["exception.escaped"] == "True"  # and tide.run
 
 
 async def test_retried_step_is_one_span_with_an_event_per_failed_try(tide, otel: Telemetry):
@@ -328,6 +332,8 @@ async def test_retried_step_is_one_span_with_an_event_per_failed_try(tide, otel:
     assert step.status.status_code == StatusCode.UNSET
     assert [(e.attributes[sc.TIDEBASE_STEP_TRY], e.attributes[sc.TIDEBASE_STEP_WILL_RETRY])
             for e in step.events] == [(1, True), (2, True)]  # fmt: skip
+    # Retried tries' errors were handled by the step: they did not escape it.
+    assert [e.attributes["exception.escaped"] for e in step.events] == ["False", "False"]
     steps = sc.METRIC_TIDEBASE_STEPS
     assert otel.metric_sum(steps, **{sc.TIDEBASE_STEP_OUTCOME: "retried"}) == 2
     assert otel.metric_sum(steps, **{sc.TIDEBASE_STEP_OUTCOME: "completed"}) == 1
@@ -363,9 +369,59 @@ async def test_manual_review_step_and_parked_step_on_reinvocation(tide, otel: Te
     assert a[sc.TIDEBASE_STEP_TRIES] == 0
     assert a[sc.TIDEBASE_STEP_RESUME_DECISION] == "manual_review"
     assert a[sc.ERROR_TYPE] == "tidebase.errors.StepNeedsReview"
+    # The same step attributes as a step that runs (the refusal knows the step's options).
+    assert a[sc.TIDEBASE_STEP_SIDE_EFFECTS] == ("ticket.create",)
+    assert a[sc.TIDEBASE_STEP_INPUT_HASH] == _attrs(step)[sc.TIDEBASE_STEP_INPUT_HASH]
+    assert a[sc.TIDEBASE_RUN_ATTEMPT] == 2
     assert run_span.status.status_code == StatusCode.ERROR
     outcome = sc.TIDEBASE_STEP_OUTCOME
     assert otel.metric_sum(sc.METRIC_TIDEBASE_STEPS, **{outcome: "manual_review"}) == 2
+
+
+async def test_a_step_enclosing_a_parked_step_is_refused_and_the_parked_step_gets_a_span(
+    tide, otel: Telemetry
+):
+    run_id = new_run_id()
+
+    def create_ticket():
+        raise TimeoutError("did the ticket get created?")
+
+    async def outer(run):
+        return await run.step("ticket", create_ticket, side_effects=["ticket.create"])
+
+    async def pipeline(run, _):
+        return await run.step("triage", lambda: outer(run))
+
+    with pytest.raises(TimeoutError):
+        await tide.run("wf", pipeline, run_id=run_id)
+    otel.exporter.clear()
+    with pytest.raises(StepNeedsReview):
+        await tide.run("wf", pipeline, run_id=run_id)
+    run_span = otel.one("run wf")
+    parked = otel.one("step ticket")  # named by the error: the enclosing step did not run
+    assert parked.parent.span_id == run_span.context.span_id
+    assert _attrs(parked)[sc.TIDEBASE_STEP_OUTCOME] == "manual_review"
+    assert otel.named("step triage") == []
+
+
+async def test_step_failed_for_good_is_refused_with_its_options_on_the_span(tide, otel: Telemetry):
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        return await run.step("once", lambda: 1 / 0, replay="never")
+
+    with pytest.raises(ZeroDivisionError):
+        await tide.run("wf", pipeline, run_id=run_id)
+    otel.exporter.clear()
+    with pytest.raises(StepFailedPermanently):
+        await tide.run("wf", pipeline, run_id=run_id)
+    refused = _attrs(otel.one("step once"))
+    assert refused[sc.TIDEBASE_STEP_OUTCOME] == "failed"
+    assert refused[sc.TIDEBASE_STEP_REPLAY_MODE] == "never"
+    assert refused[sc.TIDEBASE_STEP_RESUME_DECISION] == "fail_hard"
+    assert refused[sc.TIDEBASE_STEP_TRIES] == 0
+    assert refused[sc.ERROR_TYPE] == "tidebase.errors.StepFailedPermanently"
+    assert len(otel.named("step once")) == 1  # the hook and the attempt's end: one span
 
 
 async def test_cancelled_run_ends_the_running_step_span(tide, otel: Telemetry, pg_url: str):

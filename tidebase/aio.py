@@ -337,7 +337,11 @@ class RunContext:
                 raise InputMismatch(name, known.input_hash, digest)
             if known.status == "completed":
                 return self._replay(info, known)
-            await self._check_resumable(key, info, known)
+            try:
+                await self._check_resumable(key, info, known)
+            except (StepNeedsReview, StepFailedPermanently) as refusal:
+                self._tracker.refused(info, refusal)
+                raise
         parked = self._parked_children.get(name)
         if parked is not None:
             # Re-executing this step would reach the parked nested step again (and, for an

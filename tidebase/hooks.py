@@ -143,6 +143,10 @@ class AttemptTracker:
     def replayed(self, info: ReplayInfo) -> None:
         """A step was served from its checkpoint."""
 
+    def refused(self, info: StepInfo, error: BaseException) -> None:
+        """A step was refused before running: parked in manual review, or failed for good
+        (`error` is the `StepNeedsReview` / `StepFailedPermanently` about to be raised)."""
+
     def usage_recorded(self, info: UsageInfo) -> None:
         """A usage record was newly written (exactly once per ledger row)."""
 
@@ -448,6 +452,12 @@ class _FanoutAttempt(AttemptTracker):
     def replayed(self, info: ReplayInfo) -> None:
         for t in self._trackers:
             _guard("attempt.replayed", t.replayed, info)
+
+    def refused(self, info: StepInfo, error: BaseException) -> None:
+        for t in self._trackers:
+            hook = getattr(t, "refused", None)  # trackers written before this hook lack it
+            if hook is not None:
+                _guard("attempt.refused", hook, info, error)
 
     def usage_recorded(self, info: UsageInfo) -> None:
         for t in self._trackers:

@@ -288,40 +288,60 @@ class _AttemptSpan(AttemptTracker):
             if status not in sc.RUN_STATUSES_OK:
                 if error is not None:
                     span.set_attribute(sc.ERROR_TYPE, error_type(error))
-                    span.record_exception(error)
+                    span.record_exception(error, escaped=True)  # out of tide.run
                 span.set_status(_error_status(error, status))
             span.end()
         finally:
             self._obs._metrics.run_ended(self._info.workflow, status)
 
     def _parked_step(self, error: StepNeedsReview | StepFailedPermanently) -> None:
-        """A step refused to re-execute (parked in review, or failed for good) before any
-        tracker saw it: give it a span too, so the trace says which step and why."""
+        """A step refused to re-execute before any hook named it (e.g. the step enclosing a
+        parked nested step): give it a span too, so the trace says which step and why."""
         name = getattr(error, "step", None)
         if not isinstance(name, str) or name in self._executed:
             return
-        review = isinstance(error, StepNeedsReview)
-        outcome = sc.OUTCOME_MANUAL_REVIEW if review else sc.OUTCOME_FAILED
-        span = _start_span(
-            self._obs._tracer,
-            sc.SPAN_STEP.format(step=_short(name)),
-            context=otel_trace.set_span_in_context(self._span),
-            attributes={
+        self._refused_span(
+            name,
+            otel_trace.set_span_in_context(self._span),  # the workflow has returned
+            {
                 sc.TIDEBASE_RUN_ID: self._info.run_id,
                 sc.TIDEBASE_RUN_ATTEMPT: self._info.attempt,
                 sc.TIDEBASE_WORKFLOW: self._info.workflow,
                 sc.TIDEBASE_STEP_NAME: name,
                 sc.TIDEBASE_STEP_REPLAYED: False,
-                sc.TIDEBASE_STEP_OUTCOME: outcome,
-                sc.TIDEBASE_STEP_TRIES: 0,
-                sc.TIDEBASE_STEP_RESUME_DECISION: (
-                    sc.RESUME_MANUAL_REVIEW if review else sc.RESUME_FAIL_HARD
-                ),
-                sc.ERROR_TYPE: error_type(error),
             },
+            error,
+        )
+
+    def refused(self, info: StepInfo, error: BaseException) -> None:
+        self._executed.add(info.name)
+        attrs = _step_attributes(info, replayed=False)
+        self._refused_span(info.name, self._parent_context(), attrs, error)
+
+    def _refused_span(
+        self,
+        name: str,
+        parent: otel_context.Context,
+        attrs: dict[str, Any],
+        error: BaseException,
+    ) -> None:
+        """The zero-length span of a step that was not run: parked or failed for good."""
+        review = isinstance(error, StepNeedsReview)
+        outcome = sc.OUTCOME_MANUAL_REVIEW if review else sc.OUTCOME_FAILED
+        attrs[sc.TIDEBASE_STEP_OUTCOME] = outcome
+        attrs[sc.TIDEBASE_STEP_TRIES] = 0
+        attrs[sc.TIDEBASE_STEP_RESUME_DECISION] = (
+            sc.RESUME_MANUAL_REVIEW if review else sc.RESUME_FAIL_HARD
+        )
+        attrs[sc.ERROR_TYPE] = error_type(error)
+        span = _start_span(
+            self._obs._tracer,
+            sc.SPAN_STEP.format(step=_short(name)),
+            context=parent,
+            attributes=attrs,
         )
         try:
-            span.record_exception(error)
+            span.record_exception(error, escaped=True)
             span.set_status(_error_status(error, outcome))
             span.end()
         finally:
@@ -475,6 +495,7 @@ class _StepSpan(StepTracker):
         self._span.record_exception(
             error,
             attributes={sc.TIDEBASE_STEP_TRY: try_number, sc.TIDEBASE_STEP_WILL_RETRY: will_retry},
+            escaped=not will_retry,  # the last try's error leaves the step
         )
         if will_retry:
             self._attempt._obs._metrics.step_retried(self._info.workflow)
@@ -530,7 +551,7 @@ class _StepSpan(StepTracker):
             if error is not None:
                 attrs[sc.ERROR_TYPE] = error_type(error)
                 if error is not self._last_error:
-                    span.record_exception(error)
+                    span.record_exception(error, escaped=True)
             span.set_status(_error_status(error, outcome))
         span.set_attributes(attrs)
         span.end()
