@@ -7,7 +7,13 @@ import asyncio
 import pytest
 from conftest import new_run_id
 
-from tidebase import AsyncTidebase, ConfigurationError, SerializationError, TidebaseError
+from tidebase import (
+    AsyncTidebase,
+    AttemptEnded,
+    ConfigurationError,
+    SerializationError,
+    TidebaseError,
+)
 
 
 async def test_nul_characters_round_trip_in_outputs_state_and_errors(tide):
@@ -180,3 +186,31 @@ async def test_resolve_is_refused_while_a_worker_holds_the_run(tide):
     assert await task == {"ticket": "real"}
     with pytest.raises(TidebaseError, match="no step named 'a' waiting"):
         await store.resolve_step(run_id, "a", retry=True)
+
+
+async def test_a_step_called_after_its_attempt_ended_says_so_and_records_nothing(tide):
+    run_id = new_run_id()
+    kept: list = []
+
+    async def slow():
+        await asyncio.sleep(0.3)
+        return "late"
+
+    async def pipeline(run, _):
+        kept.append(run)
+        await run.step("first", lambda: 1)
+        # A step task nobody awaits: still running when the workflow returns.
+        kept.append(asyncio.ensure_future(run.step("orphan", slow)))
+        return "done"
+
+    assert await tide.run("wf", pipeline, run_id=run_id) == "done"
+    run, orphan = kept
+    with pytest.raises(AttemptEnded, match=r"attempt 1 has already ended.*await every step"):
+        await run.step("after", lambda: 2)
+    with pytest.raises(AttemptEnded, match="attempt 1 has already ended"):
+        await orphan
+    detail = await tide.get_run(run_id)
+    assert detail["run"]["status"] == "completed"
+    done = {s["name"]: s["status"] for s in detail["steps"]}
+    assert done.get("first") == "completed" and "after" not in done
+    assert done.get("orphan") != "completed"

@@ -6,6 +6,7 @@ from tidebase.aio import AsyncTidebase
 from tidebase.aio import AsyncTidebase, RunContext, RunStats, current_run, current_step_name
 from tidebase.contract import classify_resume_decision, hash_input
 from tidebase.errors import (
+    AttemptEnded,
     ConfigurationError,
     DuplicateStep,
     InputMismatch,
@@ -27,6 +28,7 @@ from tidebase.queues import Enqueued
 
 __all__ = [
     "AsyncTidebase",
+    "AttemptEnded",
     "ConfigurationError",
     "DuplicateStep",
     "Enqueued",

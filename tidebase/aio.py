@@ -34,6 +34,7 @@ from tidebase.contract import (
     hash_input,
 )
 from tidebase.errors import (
+    AttemptEnded,
     ConfigurationError,
     DuplicateStep,
     InputMismatch,
@@ -217,6 +218,7 @@ class RunContext:
         self._tracker = tracker
         self._usage_seq = 0
         self._stopped: BaseException | None = None
+        self._ended = False  # the attempt is over: later steps raise AttemptEnded
         self.stats = RunStats()
 
     @property
@@ -224,6 +226,8 @@ class RunContext:
         return self._owner
 
     def _check_alive(self) -> None:
+        if self._ended:
+            raise AttemptEnded(self.run_id, self.attempt)
         if self._stopped is not None:
             raise self._stopped
         if self._checkpoints is not None:
@@ -284,6 +288,10 @@ class RunContext:
                 parent,
             )
         except (TidebaseError, ValueError, TypeError) as exc:
+            if self._ended and isinstance(exc, LeaseLost):
+                # A step still running when its attempt ended (not awaited): say so, rather
+                # than blame another worker.
+                raise AttemptEnded(self.run_id, self.attempt) from exc
             # Misuse and control errors raised inside a tool are swallowed by frameworks such
             # as the Agents SDK (reported to the model): the enclosing step re-raises them.
             # A user's own ValueError/TypeError from the step function is left alone.
@@ -921,6 +929,7 @@ class AsyncTidebase:
                 tracker.finished("completed")
                 return result
         finally:
+            ctx._ended = True
             if heartbeat is not None:
                 heartbeat.cancel()
 

@@ -47,6 +47,19 @@ class LeaseLost(TidebaseError):
         self.run_id = run_id
 
 
+class AttemptEnded(TidebaseError):
+    """A step was called on a run attempt that has already ended (its workflow function
+    returned or raised): a `run` object kept past `tide.run`, or a step task not awaited."""
+
+    def __init__(self, run_id: str, attempt: int):
+        super().__init__(
+            f"run {run_id!r}: attempt {attempt} has already ended, so this step was not "
+            "recorded; call run.step inside the workflow function and await every step before "
+            "the function returns"
+        )
+        self.run_id, self.attempt = run_id, attempt
+
+
 class RunCancelled(TidebaseError):
     def __init__(self, run_id: str, reason: str | None = None):
         super().__init__(f"run {run_id!r} was cancelled" + (f": {reason}" if reason else ""))
