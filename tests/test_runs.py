@@ -413,3 +413,10 @@ async def test_resuming_with_another_run_input_is_refused(tide):
     with pytest.raises(RunInputMismatch, match=run_id):
         await tide.run("wf", pipeline, run_id=run_id, input={"v": 2})
     assert await tide.run("wf", pipeline, run_id=run_id) == 1  # None: the stored input
+
+    # Completed: the same input (or none) returns the stored result; another input is refused
+    # rather than answered with the result of the first.
+    assert await tide.run("wf", pipeline, run_id=run_id, input={"v": 1}) == 1
+    assert await tide.run("wf", pipeline, run_id=run_id) == 1
+    with pytest.raises(RunInputMismatch, match=run_id):
+        await tide.run("wf", pipeline, run_id=run_id, input={"v": 3})

@@ -29,6 +29,7 @@ from tidebase.checkpoint_pipeline import CheckpointPipeline
 from tidebase.contract import (
     REPLAY_MODES,
     STATUS_FOR_DECISION,
+    canonical_json,
     classify_resume_decision,
     error_payload,
     hash_input,
@@ -879,7 +880,16 @@ class AsyncTidebase:
             raise
         run_row = begun.run
         if begun.outcome != "begun":
-            return self._not_begun(begun.outcome, run_row, run_id, workflow_name, tracker)
+            outcome_name = begun.outcome
+            if (
+                outcome_name == "completed"
+                and encoded_input is not None
+                and canonical_json(run_row.get("input")) != canonical_json(encoded_input)
+            ):
+                # Its stored result answers another input: refuse rather than return a
+                # stale answer (the rule for runs that are not yet completed, and for steps).
+                outcome_name = "input_mismatch"
+            return self._not_begun(outcome_name, run_row, run_id, workflow_name, tracker)
 
         info.attempt = int(run_row["attempt"])
         info.previous = begun.previous
