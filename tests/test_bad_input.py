@@ -14,6 +14,7 @@ from tidebase import (
     SerializationError,
     TidebaseError,
 )
+from tidebase.cli import main as cli_main
 
 
 async def test_nul_characters_round_trip_in_outputs_state_and_errors(tide):
@@ -214,3 +215,25 @@ async def test_a_step_called_after_its_attempt_ended_says_so_and_records_nothing
     done = {s["name"]: s["status"] for s in detail["steps"]}
     assert done.get("first") == "completed" and "after" not in done
     assert done.get("orphan") != "completed"
+
+
+async def test_runs_list_names_a_parked_run_with_the_word_its_filter_takes(
+    tide, tidebase_url, monkeypatch, capsys
+):
+    run_id = new_run_id()
+
+    def create_ticket():
+        raise TimeoutError("did the ticket get created?")
+
+    async def pipeline(run, _):
+        await run.step("ticket", create_ticket, side_effects=["tickets.create"])
+
+    with pytest.raises(TimeoutError):
+        await tide.run("parked-wf", pipeline, run_id=run_id)
+    monkeypatch.setenv("TIDEBASE_URL", tidebase_url)
+    code = await asyncio.to_thread(
+        cli_main, ["runs", "list", "--status", "manual_review", "--workflow", "parked-wf"]
+    )
+    assert code == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if run_id in ln]
+    assert line.split()[2] == "manual_review"

@@ -91,15 +91,16 @@ async def _runs_list(args: argparse.Namespace) -> int:
         print("no runs")
         return 0
     header = (
-        f"{'RUN':<38} {'WORKFLOW':<20} {'STATUS':<10} {'ATT':>3} {'STEPS':>7} "
+        f"{'RUN':<38} {'WORKFLOW':<20} {'STATUS':<13} {'ATT':>3} {'STEPS':>7} "
         f"{'TOKENS':>8} {'COST $':>10}  CREATED"
     )
     print(header)
     for r in runs:
         steps = f"{r['steps_done']}/{r['steps_total']}"
-        status = "parked" if r.get("failure_class") == "manual_review" else r["status"]
+        # The word `--status` takes: a failed run parked on a step shows as manual_review.
+        status = "manual_review" if r.get("failure_class") == "manual_review" else r["status"]
         print(
-            f"{r['id']:<38} {_short(r['workflow_name'], 20):<20} {status:<10} "
+            f"{r['id']:<38} {_short(r['workflow_name'], 20):<20} {status:<13} "
             f"{r['attempt']:>3} {steps:>7} {int(r['tokens']):>8} {float(r['cost_usd']):>10.6f}  "
             f"{str(r['created_at'])[:19]}"
         )

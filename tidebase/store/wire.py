@@ -72,7 +72,8 @@ SELECT COALESCE(jsonb_agg(tidebase_wire_run(r) || jsonb_build_object(
                         WHERE u.run_id = r.id))
          ORDER BY r.created_at DESC, r.id DESC), '[]'::jsonb)
   FROM (SELECT * FROM runs
-         WHERE ($1::text IS NULL OR status = $1)
+         WHERE ($1::text IS NULL OR status = $1
+                OR ($1 = 'manual_review' AND failure_class = 'manual_review'))
            AND ($2::text IS NULL OR workflow_name = $2)
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::text))
          ORDER BY created_at DESC, id DESC
