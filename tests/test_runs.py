@@ -420,3 +420,22 @@ async def test_resuming_with_another_run_input_is_refused(tide):
     assert await tide.run("wf", pipeline, run_id=run_id) == 1
     with pytest.raises(RunInputMismatch, match=run_id):
         await tide.run("wf", pipeline, run_id=run_id, input={"v": 3})
+
+
+async def test_a_completed_run_compares_its_input_as_postgres_does(tide):
+    """Postgres stores 1e16 as 10000000000000000 and -0.0 as 0: the same input must still
+    return the stored result, with the rule the store applies to unfinished runs (numbers by
+    value, booleans apart from numbers)."""
+    run_id = new_run_id()
+    floats = {"big": 1e16, "huge": 1.5e300, "neg_zero": -0.0, "wide": 123456789012345678.0}
+    first = {**floats, "one": 1, "flag": True, "list": [0.1, 2]}
+
+    async def pipeline(run, input):
+        return "done"
+
+    assert await tide.run("wf", pipeline, run_id=run_id, input=first) == "done"
+    assert await tide.run("wf", pipeline, run_id=run_id, input=dict(first)) == "done"
+    assert await tide.run("wf", pipeline, run_id=run_id, input={**first, "one": 1.0}) == "done"
+    for changed in ({"flag": 1}, {"one": True}, {"big": 1e16 + 2}, {"list": [0.1, 2, 3]}):
+        with pytest.raises(RunInputMismatch, match=run_id):
+            await tide.run("wf", pipeline, run_id=run_id, input={**first, **changed})

@@ -29,10 +29,10 @@ from tidebase.checkpoint_pipeline import CheckpointPipeline
 from tidebase.contract import (
     REPLAY_MODES,
     STATUS_FOR_DECISION,
-    canonical_json,
     classify_resume_decision,
     error_payload,
     hash_input,
+    same_json,
 )
 from tidebase.errors import (
     AttemptEnded,
@@ -884,7 +884,7 @@ class AsyncTidebase:
             if (
                 outcome_name == "completed"
                 and encoded_input is not None
-                and canonical_json(run_row.get("input")) != canonical_json(encoded_input)
+                and not same_json(run_row.get("input"), encoded_input)
             ):
                 # Its stored result answers another input: refuse rather than return a
                 # stale answer (the rule for runs that are not yet completed, and for steps).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Literal
 
 ResumeDecision = Literal["auto_retry", "safe_replay", "manual_review", "fail_hard"]
@@ -49,6 +50,30 @@ def canonical_json(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(canonical_json(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two JSON values are equal as Postgres `jsonb` compares them.
+
+    Numbers compare by value (``1 == 1.0``, ``-0.0 == 0``, ``1e16`` equals the integer
+    Postgres hands back for it), booleans never equal numbers, objects compare by key. The
+    store answers the same question in SQL for unfinished runs; this is its Python twin for
+    the values it has already read back.
+    """
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return _as_numeric(a) == _as_numeric(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def _as_numeric(number: int | float) -> Decimal:
+    # A float reaches Postgres as its shortest repr (json.dumps), which `numeric` reads exactly.
+    return Decimal(repr(number)) if isinstance(number, float) else Decimal(number)
 
 
 def hash_input(value: Any) -> str:
