@@ -189,32 +189,50 @@ async def test_resolve_is_refused_while_a_worker_holds_the_run(tide):
         await store.resolve_step(run_id, "a", retry=True)
 
 
-async def test_a_step_called_after_its_attempt_ended_says_so_and_records_nothing(tide):
+@pytest.mark.parametrize("pipelined", [False, True], ids=["checkpoint-each", "pipelined"])
+async def test_a_step_called_after_its_attempt_ended_says_so_and_records_nothing(
+    make_client, pipelined
+):
+    tide = make_client(pipeline_checkpoints=pipelined)
     run_id = new_run_id()
     kept: list = []
 
-    async def slow():
+    async def slow(tag: str):
         await asyncio.sleep(0.3)
-        return "late"
+        return tag
 
     async def pipeline(run, _):
         kept.append(run)
         await run.step("first", lambda: 1)
-        # A step task nobody awaits: still running when the workflow returns.
-        kept.append(asyncio.ensure_future(run.step("orphan", slow)))
+        # Step tasks nobody awaits: still running when the workflow returns. Their results
+        # are not checkpointed (with pipelining, the pure one used to return silently).
+        kept.append(asyncio.ensure_future(run.step("orphan", lambda: slow("pure"))))
+        kept.append(
+            asyncio.ensure_future(
+                run.step("orphan-write", lambda: slow("w"), side_effects=["mail.send"])
+            )
+        )
         return "done"
 
     assert await tide.run("wf", pipeline, run_id=run_id) == "done"
-    run, orphan = kept
+    run, orphan, orphan_write = kept
     with pytest.raises(AttemptEnded, match=r"attempt 1 has already ended.*await every step"):
         await run.step("after", lambda: 2)
-    with pytest.raises(AttemptEnded, match="attempt 1 has already ended"):
+    # A kept run reusing a name is told the attempt ended, not that the name is taken.
+    with pytest.raises(AttemptEnded, match="so step 'first' was not recorded"):
+        await run.step("first", lambda: 2)
+    with pytest.raises(AttemptEnded, match=r"so run\.state_set was not recorded"):
+        await run.state_set({"late": True})
+    with pytest.raises(AttemptEnded, match="so step 'orphan' was not recorded"):
         await orphan
+    with pytest.raises(AttemptEnded, match="so step 'orphan-write' was not recorded"):
+        await orphan_write
     detail = await tide.get_run(run_id)
     assert detail["run"]["status"] == "completed"
     done = {s["name"]: s["status"] for s in detail["steps"]}
     assert done.get("first") == "completed" and "after" not in done
-    assert done.get("orphan") != "completed"
+    assert done.get("orphan") != "completed" and done.get("orphan-write") != "completed"
+    assert await (await tide.store()).read_state(run_id) is None
 
 
 async def test_runs_list_names_a_parked_run_with_the_word_its_filter_takes(

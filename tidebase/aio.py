@@ -81,7 +81,13 @@ _CONTROL_ERRORS = (
     StepFailedPermanently,
     InputMismatch,
     DuplicateStep,
+    AttemptEnded,
 )
+# The step outcome each control error ends a step with (anything else: failed).
+_CONTROL_OUTCOMES: dict[type[BaseException], str] = {
+    LeaseLost: "lease_lost",
+    RunCancelled: "cancelled",
+}
 
 
 @dataclass(slots=True)
@@ -226,9 +232,9 @@ class RunContext:
     def lease_owner(self) -> str:
         return self._owner
 
-    def _check_alive(self) -> None:
+    def _check_alive(self, what: str) -> None:
         if self._ended:
-            raise AttemptEnded(self.run_id, self.attempt)
+            raise AttemptEnded(self.run_id, self.attempt, what)
         if self._stopped is not None:
             raise self._stopped
         if self._checkpoints is not None:
@@ -292,7 +298,7 @@ class RunContext:
             if self._ended and isinstance(exc, LeaseLost):
                 # A step still running when its attempt ended (not awaited): say so, rather
                 # than blame another worker.
-                raise AttemptEnded(self.run_id, self.attempt) from exc
+                raise AttemptEnded(self.run_id, self.attempt, f"step {name!r}") from exc
             # Misuse and control errors raised inside a tool are swallowed by frameworks such
             # as the Agents SDK (reported to the model): the enclosing step re-raises them.
             # A user's own ValueError/TypeError from the step function is left alone.
@@ -320,10 +326,10 @@ class RunContext:
                 f"got {type(fn).__name__}"
             )
         options = self._options(name, side_effects, idempotency_key, retries, replay, retry_delay)
+        self._check_alive(f"step {name!r}")
         if name in self._used:
             raise DuplicateStep(name)
         self._used.add(name)
-        self._check_alive()
         digest = input_hash or self._hash(name, input)
         stored_input = codec.encode(input, what=f"input of step {name!r}")
         info = StepInfo(
@@ -467,7 +473,7 @@ class RunContext:
                     return codec.decode(begun.step.output)
             value = await self._run_tries(key, info, fn, retries, retry_delay, tracker, started)
         except _CONTROL_ERRORS as exc:
-            outcome = {LeaseLost: "lease_lost", RunCancelled: "cancelled"}.get(type(exc), "failed")
+            outcome = _CONTROL_OUTCOMES.get(type(exc), "failed")
             tracker.finished(outcome, error=exc, duration_s=time.perf_counter() - started)
             raise
         except StoreUnavailable as exc:
@@ -563,6 +569,10 @@ class RunContext:
             finally:
                 _current_step.reset(token)
             break
+        if self._ended:
+            # Finished after its workflow function returned (a step task nobody awaited): the
+            # attempt may already be recorded as over, so its result is not checkpointed.
+            raise AttemptEnded(self.run_id, self.attempt, f"step {info.name!r}")
         pipeline = self._checkpoints
         if pipeline is not None:  # (no extra await on the default path)
             if "sideEffects" not in key.options:
@@ -582,7 +592,7 @@ class RunContext:
 
     async def state_set(self, value: Any) -> dict[str, Any]:
         """Replaces the run's state (any JSON value); every write is kept as a version."""
-        self._check_alive()
+        self._check_alive("run.state_set")
         encoded = codec.encode(value, what="run state")
         return await self._write_state(encoded, patch=False)
 
@@ -590,7 +600,7 @@ class RunContext:
         """Shallow-merges `patch` (a dict) into the run's state."""
         if not isinstance(patch, dict):
             raise TypeError(f"state_patch takes a dict, got {type(patch).__name__}")
-        self._check_alive()
+        self._check_alive("run.state_patch")
         encoded = codec.encode(patch, what="run state patch")
         return await self._write_state(encoded, patch=True)
 
@@ -633,7 +643,7 @@ class RunContext:
         Outside a step the n-th record of an attempt has the key `run:n`, so re-running the
         workflow function after a crash does not count it twice. Pass `key` to choose your own.
         """
-        self._check_alive()
+        self._check_alive("run.usage_record")
         for field_name, amount in (
             ("input_tokens", input_tokens),
             ("output_tokens", output_tokens),
@@ -928,6 +938,8 @@ class AsyncTidebase:
                         ):
                             raise ctx._stopped from None
                         raise
+                    finally:
+                        ctx._ended = True  # a step still running now records nothing
                     encoded = codec.encode(result, what=f"result of run {run_id!r}")
                     await ctx._flush_checkpoints()
                 except BaseException as exc:

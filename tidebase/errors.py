@@ -51,9 +51,9 @@ class AttemptEnded(TidebaseError):
     """A step was called on a run attempt that has already ended (its workflow function
     returned or raised): a `run` object kept past `tide.run`, or a step task not awaited."""
 
-    def __init__(self, run_id: str, attempt: int):
+    def __init__(self, run_id: str, attempt: int, what: str = "this step"):
         super().__init__(
-            f"run {run_id!r}: attempt {attempt} has already ended, so this step was not "
+            f"run {run_id!r}: attempt {attempt} has already ended, so {what} was not "
             "recorded; call run.step inside the workflow function and await every step before "
             "the function returns"
         )
