@@ -252,6 +252,37 @@ async def test_external_write_without_key_parks_in_manual_review(tide):
     assert calls == [1]
 
 
+async def test_a_workflow_wrapping_a_parked_steps_error_still_parks_the_run(tide):
+    """`raise PipelineError(...) from e` around a parked step: the run is listed as waiting
+    for review (and a queue would not requeue it), not as an ordinary failure."""
+    run_id = new_run_id()
+
+    class PipelineError(Exception):
+        pass
+
+    def create_ticket():
+        raise TimeoutError("did the ticket get created?")
+
+    async def pipeline(run, _):
+        try:
+            return await run.step("ticket", create_ticket, side_effects=["ticket.create"])
+        except TimeoutError as exc:
+            raise PipelineError("ticket step failed") from exc
+
+    async def refused(run, _):
+        try:
+            return await run.step("ticket", create_ticket, side_effects=["ticket.create"])
+        except StepNeedsReview:
+            raise PipelineError("still waiting for review") from None
+
+    with pytest.raises(PipelineError):
+        await tide.run("wf", pipeline, run_id=run_id)
+    assert (await tide.get_run(run_id))["run"]["failure_class"] == "manual_review"
+    with pytest.raises(PipelineError):
+        await tide.run("wf", refused, run_id=run_id)
+    assert (await tide.get_run(run_id))["run"]["failure_class"] == "manual_review"
+
+
 async def test_resolve_retry_allows_another_execution(tide):
     run_id = new_run_id()
     calls = []

@@ -90,6 +90,20 @@ _CONTROL_OUTCOMES: dict[type[BaseException], str] = {
 }
 
 
+def _caused_by_parked_step(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, is a step's parking:
+    a workflow that wraps it (`raise PipelineError(...) from e`) still leaves the run parked,
+    not failed and requeued."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, StepNeedsReview) or getattr(current, "_tidebase_parked", False):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 @dataclass(slots=True)
 class _StepFrame:
     """The step whose function is running in the current context (for nesting and usage)."""
@@ -1000,8 +1014,7 @@ class AsyncTidebase:
             tracker.finished("interrupted", error=exc)
             return False
         await ctx._keep_finished_steps()
-        parked = isinstance(exc, StepNeedsReview) or getattr(exc, "_tidebase_parked", False)
-        failure_class = "manual_review" if parked else None
+        failure_class = "manual_review" if _caused_by_parked_step(exc) else None
         requeued = False
         try:
             requeued = bool(
