@@ -62,7 +62,9 @@ def start_embedded(data_dir: Path | None = None, *, throwaway: bool = False) -> 
 
 
 def resolve_database_url(*, announce: bool = True) -> str:
-    """The configured Postgres URL, else an embedded one (said on stderr when `announce`)."""
+    """The configured Postgres URL, else an embedded one (said on stderr when `announce`).
+
+    Only a Postgres URL counts: an http(s) `TIDEBASE_URL` names a server, not a database."""
     url = configured_database_url()
     if url:
         return url
@@ -72,7 +74,8 @@ def resolve_database_url(*, announce: bool = True) -> str:
         import sys
 
         print(
-            f"tidebase: no TIDEBASE_URL/DATABASE_URL set; using embedded Postgres in {directory}",
+            "tidebase: no Postgres URL in TIDEBASE_URL, TIDEBASE_DATABASE_URL or DATABASE_URL; "
+            f"using embedded Postgres in {directory}",
             file=sys.stderr,
         )
     return url
