@@ -237,3 +237,14 @@ async def test_a_broken_span_processor_logs_one_traceback_not_one_per_step(
         with caplog.at_level(logging.WARNING):
             assert await tide.run("noisy", pipeline, run_id=new_run_id()) == "done"
         assert any("more times" in r.getMessage() for r in caplog.records)
+
+        # Repeats after the last summary are reported when the log is flushed (at exit).
+        failure_log._interval_s = 60.0
+        assert await tide.run("noisy", pipeline, run_id=new_run_id()) == "done"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            failure_log.flush()
+            failure_log.flush()  # nothing new: no second line
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines and all("more times since it was last reported" in line for line in lines)
+        assert len(lines) == len({line.split(" failed")[0] for line in lines})

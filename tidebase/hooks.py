@@ -9,6 +9,7 @@ observer is logged and swallowed, it never fails a run.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import sys
@@ -311,6 +312,8 @@ class _FailureLog:
                 state[0], state[1] = now, 0
                 first = False
         if first:
+            if len(self._kinds) == 1:  # the first failure of any kind
+                atexit.register(self.flush)  # repeats after the last summary still get a line
             self._logger.warning(
                 "%s failed (telemetry only, the run goes on; repeats are summarised at most "
                 "once every %.0f s)",
@@ -325,6 +328,18 @@ class _FailureLog:
                 suppressed,
                 self._interval_s,
                 sys.exc_info()[1],
+            )
+
+    def flush(self) -> None:
+        """Logs the repeats counted since each kind's last line (at exit, so a failure that
+        stopped recurring within an interval is not left out)."""
+        with self._lock:
+            pending = [(what, int(state[1])) for what, state in self._kinds.items() if state[1]]
+            for what, _ in pending:
+                self._kinds[what][1] = 0
+        for what, suppressed in pending:
+            self._logger.warning(
+                "%s failed %d more times since it was last reported", what, suppressed
             )
 
 
