@@ -134,6 +134,21 @@ async def test_a_step_fn_that_is_not_callable_is_refused_before_anything_is_stor
     assert calls == ["first"]
 
 
+async def test_a_coroutine_passed_as_fn_gets_a_hint_and_is_closed(tide, recwarn):
+    async def create_ticket():
+        return "T-1"
+
+    async def broken(run, _):
+        await run.step("ticket", create_ticket(), side_effects=["tickets.create"])
+
+    with pytest.raises(
+        TypeError, match=r"got coroutine; pass the function, not its call \(lambda: create_ticket"
+    ):
+        await tide.run("wf", broken, run_id=new_run_id())
+    # Closed, so Python does not also warn that it was never awaited.
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
 async def test_state_set_none_is_json_null(tide):
     async def pipeline(run, _):
         await run.state_set(None)

@@ -90,6 +90,12 @@ _CONTROL_OUTCOMES: dict[type[BaseException], str] = {
 }
 
 
+def _call_name(awaitable: Any) -> str:
+    """The function an awaitable came from, for error hints (`fetch` for `fetch()`)."""
+    code = getattr(awaitable, "cr_code", None) or getattr(awaitable, "gi_code", None)
+    return code.co_name if code is not None else "fn"
+
+
 def _caused_by_parked_step(exc: BaseException) -> bool:
     """Whether `exc`, or an error it was raised from or while handling, is a step's parking:
     a workflow that wraps it (`raise PipelineError(...) from e`) still leaves the run parked,
@@ -335,9 +341,16 @@ class RunContext:
     ) -> Any:
         _check_name("step name", name)
         if not callable(fn):
+            hint = (
+                f"; pass the function, not its call (lambda: {_call_name(fn)}(...))"
+                if inspect.isawaitable(fn)
+                else ""
+            )
+            if inspect.iscoroutine(fn):
+                fn.close()  # never awaited: close it rather than leave Python to warn
             raise TypeError(
                 f"step {name!r}: fn must be a callable (a function or coroutine function), "
-                f"got {type(fn).__name__}"
+                f"got {type(fn).__name__}{hint}"
             )
         options = self._options(name, side_effects, idempotency_key, retries, replay, retry_delay)
         self._check_alive(f"step {name!r}")
