@@ -398,10 +398,17 @@ async def test_a_step_enclosing_a_parked_step_is_refused_and_the_parked_step_get
     with pytest.raises(StepNeedsReview):
         await tide.run("wf", pipeline, run_id=run_id)
     run_span = otel.one("run wf")
-    parked = otel.one("step ticket")  # named by the error: the enclosing step did not run
+    # The step the workflow called is refused, with its own attributes and no duration...
+    triage = otel.one("step triage")
+    assert triage.parent.span_id == run_span.context.span_id
+    assert triage.start_time == triage.end_time
+    assert _attrs(triage)[sc.TIDEBASE_STEP_OUTCOME] == "manual_review"
+    assert _attrs(triage)[sc.TIDEBASE_STEP_TRIES] == 0
+    assert "step 'triage' encloses it" in triage.status.description
+    # ...and the parked step it encloses, named by the error, gets a span too.
+    parked = otel.one("step ticket")
     assert parked.parent.span_id == run_span.context.span_id
     assert _attrs(parked)[sc.TIDEBASE_STEP_OUTCOME] == "manual_review"
-    assert otel.named("step triage") == []
 
 
 async def test_step_failed_for_good_is_refused_with_its_options_on_the_span(tide, otel: Telemetry):
@@ -415,7 +422,9 @@ async def test_step_failed_for_good_is_refused_with_its_options_on_the_span(tide
     otel.exporter.clear()
     with pytest.raises(StepFailedPermanently):
         await tide.run("wf", pipeline, run_id=run_id)
-    refused = _attrs(otel.one("step once"))
+    span = otel.one("step once")
+    assert span.start_time == span.end_time  # nothing ran
+    refused = _attrs(span)
     assert refused[sc.TIDEBASE_STEP_OUTCOME] == "failed"
     assert refused[sc.TIDEBASE_STEP_REPLAY_MODE] == "never"
     assert refused[sc.TIDEBASE_STEP_RESUME_DECISION] == "fail_hard"

@@ -388,9 +388,11 @@ class RunContext:
         if parked is not None:
             # Re-executing this step would reach the parked nested step again (and, for an
             # agent run, pay for the model again) only to stop there: stop now instead.
-            raise StepNeedsReview(
+            refusal = StepNeedsReview(
                 self.run_id, parked.name, f"it is parked, and step {name!r} encloses it"
             )
+            self._tracker.refused(info, refusal)
+            raise refusal
 
         return await self._execute(key, info, fn, retries, retry_delay)
 

@@ -334,16 +334,18 @@ class _AttemptSpan(AttemptTracker):
             sc.RESUME_MANUAL_REVIEW if review else sc.RESUME_FAIL_HARD
         )
         attrs[sc.ERROR_TYPE] = error_type(error)
+        at = time.time_ns()  # nothing ran: the span starts and ends at the same instant
         span = _start_span(
             self._obs._tracer,
             sc.SPAN_STEP.format(step=_short(name)),
             context=parent,
             attributes=attrs,
+            start_time=at,
         )
         try:
-            span.record_exception(error, escaped=True)
+            span.record_exception(error, escaped=True, timestamp=at)
             span.set_status(_error_status(error, outcome))
-            span.end()
+            span.end(end_time=at)
         finally:
             self._obs._metrics.step_ended(self._info.workflow, outcome, None)
 
