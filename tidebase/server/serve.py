@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +85,23 @@ def serve(
         ),
         app,
     )
+    _exit_normally_on_sigterm()
     server.run()
+
+
+def _exit_normally_on_sigterm() -> None:
+    """uvicorn re-raises the signal that stopped it once it has shut down. SIGTERM's default
+    action then kills the process before its exit hooks run, which left the embedded Postgres
+    running (and a throwaway one's folder behind): make it an ordinary exit, status 143."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _exit_for_signal)
+
+
+def _exit_for_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
