@@ -17,6 +17,10 @@ from tidebase import (
 from tidebase.cli import main as cli_main
 
 
+class Crash(Exception):
+    """Stands in for a workflow failing."""
+
+
 async def test_nul_characters_round_trip_in_outputs_state_and_errors(tide):
     run_id = new_run_id()
 
@@ -248,6 +252,41 @@ async def test_a_step_called_after_its_attempt_ended_says_so_and_records_nothing
     assert done.get("first") == "completed" and "after" not in done
     assert done.get("orphan") != "completed" and done.get("orphan-write") != "completed"
     assert await (await tide.store()).read_state(run_id) is None
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["checkpoint-each", "pipelined"])
+@pytest.mark.parametrize("workflow_fails", [False, True], ids=["returns", "raises"])
+async def test_a_step_task_left_behind_by_a_workflow_that_returns_at_once_records_nothing(
+    make_client, pipelined, workflow_fails
+):
+    """The attempt ends the moment the workflow function returns, before the step task it
+    scheduled gets to run: the step must not be checkpointed (nor replayed next attempt)."""
+    tide = make_client(pipeline_checkpoints=pipelined)
+
+    async def quick():
+        return "v"
+
+    for _ in range(5):
+        run_id = new_run_id()
+        tasks: list = []
+
+        async def pipeline(run, _, tasks=tasks):
+            tasks.append(asyncio.ensure_future(run.step("orphan", lambda: "v")))
+            tasks.append(asyncio.ensure_future(run.step("orphan-async", quick)))
+            if workflow_fails:
+                raise Crash("the workflow fails without awaiting its steps")
+            return "done"
+
+        if workflow_fails:
+            with pytest.raises(Crash):
+                await tide.run("wf", pipeline, run_id=run_id)
+        else:
+            assert await tide.run("wf", pipeline, run_id=run_id) == "done"
+        for task in tasks:
+            with pytest.raises(AttemptEnded):
+                await task
+        steps = {s["name"]: s["status"] for s in (await tide.get_run(run_id))["steps"]}
+        assert "completed" not in steps.values(), steps
 
 
 async def test_runs_list_names_a_parked_run_with_the_word_its_filter_takes(

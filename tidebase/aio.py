@@ -198,6 +198,15 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+async def _call_workflow(fn: Callable[..., Any], ctx: RunContext) -> Any:
+    """The workflow function; its attempt ends the moment it returns or raises, before any
+    other task runs, so a step task it left behind (never awaited) records nothing."""
+    try:
+        return await _call(fn, ctx, ctx.input)
+    finally:
+        ctx._ended = True
+
+
 @dataclass(slots=True)
 class RunStats:
     """What one attempt did: which steps executed and which replayed from checkpoints."""
@@ -951,7 +960,7 @@ class AsyncTidebase:
             with tracker.active():
                 # The workflow function runs in its own task (same context), so a cancellation
                 # seen by the heartbeat can stop the user's code promptly.
-                work = asyncio.ensure_future(_call(fn, ctx, ctx.input))
+                work = asyncio.ensure_future(_call_workflow(fn, ctx))
                 heartbeat = asyncio.create_task(
                     self._heartbeat(store, ctx, work), name=f"tidebase-lease-{run_id}"
                 )
@@ -967,8 +976,6 @@ class AsyncTidebase:
                         ):
                             raise ctx._stopped from None
                         raise
-                    finally:
-                        ctx._ended = True  # a step still running now records nothing
                     encoded = codec.encode(result, what=f"result of run {run_id!r}")
                     await ctx._flush_checkpoints()
                 except BaseException as exc:
