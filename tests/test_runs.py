@@ -275,12 +275,24 @@ async def test_a_workflow_wrapping_a_parked_steps_error_still_parks_the_run(tide
         except StepNeedsReview:
             raise PipelineError("still waiting for review") from None
 
+    async def in_a_task_group(run, _):
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run.step("other", lambda: 1))
+            group.create_task(run.step("ticket", create_ticket, side_effects=["ticket.create"]))
+
     with pytest.raises(PipelineError):
         await tide.run("wf", pipeline, run_id=run_id)
     assert (await tide.get_run(run_id))["run"]["failure_class"] == "manual_review"
     with pytest.raises(PipelineError):
         await tide.run("wf", refused, run_id=run_id)
     assert (await tide.get_run(run_id))["run"]["failure_class"] == "manual_review"
+
+    # A TaskGroup raises an ExceptionGroup holding the step's error.
+    grouped = new_run_id()
+    for _ in range(2):  # parked, then refused
+        with pytest.raises(ExceptionGroup):
+            await tide.run("wf", in_a_task_group, run_id=grouped)
+        assert (await tide.get_run(grouped))["run"]["failure_class"] == "manual_review"
 
 
 async def test_resolve_retry_allows_another_execution(tide):

@@ -96,16 +96,20 @@ def _call_name(awaitable: Any) -> str:
     return code.co_name if code is not None else "fn"
 
 
-def _caused_by_parked_step(exc: BaseException) -> bool:
-    """Whether `exc`, or an error it was raised from or while handling, is a step's parking:
-    a workflow that wraps it (`raise PipelineError(...) from e`) still leaves the run parked,
-    not failed and requeued."""
-    seen: set[int] = set()
+def _caused_by_parked_step(exc: BaseException, seen: set[int] | None = None) -> bool:
+    """Whether `exc`, an error it was raised from or while handling, or one in an exception
+    group (`asyncio.TaskGroup`), is a step's parking: a workflow that wraps it
+    (`raise PipelineError(...) from e`) still leaves the run parked, not failed and requeued."""
+    seen = set() if seen is None else seen
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, StepNeedsReview) or getattr(current, "_tidebase_parked", False):
             return True
         seen.add(id(current))
+        if isinstance(current, BaseExceptionGroup) and any(
+            _caused_by_parked_step(inner, seen) for inner in current.exceptions
+        ):
+            return True
         current = current.__cause__ or current.__context__
     return False
 
