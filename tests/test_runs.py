@@ -437,9 +437,20 @@ async def test_usage_record_rejects_bad_values(tide):
             await run.usage_record(input_tokens=-1)
         with pytest.raises(ValueError, match="cost_usd"):
             await run.usage_record(cost_usd="cheap")
+        # Integers beyond any float: a ValueError naming the field (not an OverflowError),
+        # and a message that does not print thousands of digits.
+        with pytest.raises(ValueError, match=r"quantity .* got an integer of about 401 digits"):
+            await run.usage_record(quantity=10**400)
+        with pytest.raises(ValueError, match=r"input_tokens .* about 5001 digits"):
+            await run.usage_record(input_tokens=10**5000)
+        for bad in (float("nan"), float("inf"), -(10**400)):
+            with pytest.raises(ValueError, match="cost_usd"):
+                await run.usage_record(cost_usd=bad)
         return "ok"
 
-    assert await tide.run("wf", pipeline) == "ok"
+    run_id = new_run_id()
+    assert await tide.run("wf", pipeline, run_id=run_id) == "ok"
+    assert (await tide.get_run(run_id))["usage"] == []
 
 
 async def test_resuming_with_another_run_input_is_refused(tide):

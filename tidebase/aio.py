@@ -50,6 +50,7 @@ from tidebase.errors import (
     StoreUnavailable,
     TidebaseError,
     WorkflowMismatch,
+    describe_number,
 )
 from tidebase.hooks import (
     AttemptInfo,
@@ -695,17 +696,19 @@ class RunContext:
                 not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount < 2**63
             ):
                 raise ValueError(
-                    f"usage_record: {field_name} must be an integer >= 0, got {amount!r}"
+                    f"usage_record: {field_name} must be an integer >= 0, got "
+                    f"{describe_number(amount)}"
                 )
         for field_name, number in (("cost_usd", cost_usd), ("quantity", quantity)):
             if number is not None and (
                 not isinstance(number, (int, float))
                 or isinstance(number, bool)
+                or not 0 <= number < 1e9  # before isfinite, which overflows on a huge int
                 or not math.isfinite(number)
-                or not 0 <= number < 1e9
             ):
                 raise ValueError(
-                    f"usage_record: {field_name} must be a finite number >= 0, got {number!r}"
+                    f"usage_record: {field_name} must be a finite number >= 0 and below 1e9, "
+                    f"got {describe_number(number)}"
                 )
         for field_name, text in (
             ("kind", kind),

@@ -147,3 +147,11 @@ class SerializationError(TidebaseError, TypeError):
         )
         self.type_name = type_name
         self.path = path
+
+
+def describe_number(value: Any) -> str:
+    """A number for an error message: a huge integer by its size (printing its digits could
+    flood the message, and Python refuses to print beyond 4,300 of them)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return repr(value)

@@ -11,6 +11,8 @@ import math
 from typing import Any, Literal, overload
 from urllib.parse import urlsplit
 
+from tidebase.errors import describe_number
+
 # Identifiers: names, ids, keys. 255 characters and 1000 UTF-8 bytes keep any two of them
 # together well under the btree row limit (~2700 bytes).
 MAX_IDENTIFIER_CHARS = 255
@@ -172,7 +174,9 @@ class Body:
             raise BadRequest(name, f"must be an integer, got {_type_name(value)}")
         if not minimum <= value <= maximum:
             raise BadRequest(
-                name, f"must be between {minimum} and {maximum}, got {value}", code="too_big"
+                name,
+                f"must be between {minimum} and {maximum}, got {describe_number(value)}",
+                code="too_big",
             )
         return value
 
@@ -189,10 +193,19 @@ class Body:
             return None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise BadRequest(name, f"must be a number, got {_type_name(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf if value > 0 else -math.inf
+        if not math.isfinite(number):
+            raise BadRequest(
+                name, f"must be a finite number, got {describe_number(value)}", code="too_big"
+            )
         if not minimum <= number <= maximum:
             raise BadRequest(
-                name, f"must be between {minimum:g} and {maximum:g}, got {value}", code="too_big"
+                name,
+                f"must be between {minimum:g} and {maximum:g}, got {describe_number(value)}",
+                code="too_big",
             )
         return number
 
