@@ -309,3 +309,25 @@ async def test_runs_list_names_a_parked_run_with_the_word_its_filter_takes(
     assert code == 0
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if run_id in ln]
     assert line.split()[2] == "manual_review"
+
+
+async def test_runs_show_says_a_step_was_resolved_by_an_operator(
+    tide, tidebase_url, monkeypatch, capsys
+):
+    run_id = new_run_id()
+
+    def send():
+        raise TimeoutError("was the email sent?")
+
+    async def pipeline(run, _):
+        return await run.step("email", send, side_effects=["email.send"])
+
+    with pytest.raises(TimeoutError):
+        await tide.run("resolved-wf", pipeline, run_id=run_id)
+    monkeypatch.setenv("TIDEBASE_URL", tidebase_url)
+    args = ["runs", "resolve", run_id, "email", "--output", '"sent"']
+    assert await asyncio.to_thread(cli_main, args) == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli_main, ["runs", "show", run_id]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("email")]
+    assert "output given by an operator" in line and "executed" not in line

@@ -142,6 +142,12 @@ def render_run(detail: dict[str, Any]) -> str:
     for u in detail.get("usage", []):
         usage_by_step.setdefault(u.get("step_name") or "", []).append(u)
     final_attempt = run["attempt"]
+    resolved = {  # steps an operator completed with `runs resolve --output`
+        (e.get("payload") or {}).get("name")
+        for e in detail.get("events", [])
+        if e.get("type") == "step.resolved"
+        and (e.get("payload") or {}).get("resolution") == "output"
+    }
     counts = {"executed": 0, "replayed": 0}
     children: dict[str | None, list[dict[str, Any]]] = {}
     names = {s["name"] for s in detail.get("steps", [])}
@@ -152,7 +158,9 @@ def render_run(detail: dict[str, Any]) -> str:
     def render_step(s: dict[str, Any], depth: int) -> None:
         indent = "  " * (depth + 1)
         origin = s.get("run_attempt")
-        if s["status"] == "completed":
+        if s["status"] == "completed" and s["name"] in resolved:
+            how = "output given by an operator (runs resolve)"
+        elif s["status"] == "completed":
             if origin == final_attempt:
                 counts["executed"] += 1
                 how = f"executed in attempt {origin}"
