@@ -246,5 +246,30 @@ async def test_a_broken_span_processor_logs_one_traceback_not_one_per_step(
             failure_log.flush()
             failure_log.flush()  # nothing new: no second line
         lines = [r.getMessage() for r in caplog.records]
-        assert lines and all("more times since it was last reported" in line for line in lines)
+        assert lines and all("since it was last reported" in line for line in lines)
         assert len(lines) == len({line.split(" failed")[0] for line in lines})
+
+
+class ExplodingOnEnd(SpanProcessor):
+    def on_end(self, span: Any) -> None:
+        raise RuntimeError("span processor on_end exploded")
+
+
+async def test_a_processor_failing_while_a_step_fails_is_not_blamed_on_the_step(
+    tide, caplog, monkeypatch
+):
+    """The processor's error is raised while tidebase reports the step's ZeroDivisionError,
+    not because of it: its traceback must not read "during handling of ZeroDivisionError"."""
+    failure_log = hooks._FailureLog(logging.getLogger("tidebase.hooks"), interval_s=60.0)
+    monkeypatch.setattr(hooks, "_failures", failure_log)
+    with instrumented() as telemetry:
+        telemetry.tracer_provider.add_span_processor(ExplodingOnEnd())
+
+        async def pipeline(run, _):
+            await run.step("divide", lambda: 1 / 0)
+
+        with caplog.at_level(logging.WARNING), pytest.raises(ZeroDivisionError):
+            await tide.run("wf", pipeline, run_id=new_run_id())
+    (record,) = [r for r in caplog.records if "step.finished" in r.getMessage()]
+    text = logging.Formatter().formatException(record.exc_info)
+    assert "on_end exploded" in text and "ZeroDivisionError" not in text

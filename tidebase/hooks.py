@@ -323,9 +323,9 @@ class _FailureLog:
             )
         else:
             self._logger.warning(
-                "%s failed %d more times in the last %.0f s (latest: %r)",
+                "%s failed %s in the last %.0f s (latest: %r)",
                 what,
-                suppressed,
+                _more_times(suppressed),
                 self._interval_s,
                 sys.exc_info()[1],
             )
@@ -339,8 +339,12 @@ class _FailureLog:
                 self._kinds[what][1] = 0
         for what, suppressed in pending:
             self._logger.warning(
-                "%s failed %d more times since it was last reported", what, suppressed
+                "%s failed %s since it was last reported", what, _more_times(suppressed)
             )
+
+
+def _more_times(count: int) -> str:
+    return f"{count} more time" + ("" if count == 1 else "s")
 
 
 _failures = _FailureLog(_log)
@@ -355,9 +359,14 @@ def log_observer_failure(what: str) -> None:
 
 def _guard(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Calls an observer hook; logs and swallows anything it raises."""
+    handling = sys.exc_info()[1]  # e.g. the step's own error, when reporting it
     try:
         return fn(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - telemetry must never fail a run
+    except Exception as failure:  # noqa: BLE001 - telemetry must never fail a run
+        if failure.__context__ is handling is not None:
+            # Raised while tidebase was handling the user's error, not because of it: a
+            # traceback saying "during handling of ZeroDivisionError" would mislead.
+            failure.__suppress_context__ = True
         _failures.failed(f"tidebase observer hook {what}")
         return None
 
