@@ -289,7 +289,9 @@ async def test_steps_that_never_wait_still_get_written_and_keep_the_lease(
     """Blocking steps never hand the loop over on their own: the writer and the heartbeat
     must still get their turn, and a checkpoint must not fall behind for long (found by QA:
     the lease lapsed and every checkpoint waited for the end of the run)."""
-    holder = make_client(pipeline_checkpoints=True, lease_ms=1000)
+    # The run (3 s) outlasts the lease (2 s): it only survives if the lease is renewed while
+    # it runs. 2 s leaves room for a slow write on a loaded machine (1 s lapsed there once).
+    holder = make_client(pipeline_checkpoints=True, lease_ms=2000)
     run_id = new_run_id()
 
     def blocking(i: int) -> int:
