@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tidebase.embedded import default_data_dir, start_embedded
 
@@ -25,3 +26,20 @@ async def test_a_throwaway_server_without_a_folder_never_uses_the_default_one(mo
     # cannot delete the user's runs.
     assert data_dir.name == "pgdata" and data_dir.parent.name.startswith("tidebase-pg-")
     assert not default.exists()
+
+
+def test_a_database_url_that_is_not_postgres_is_refused_naming_the_variable(monkeypatch):
+    from tidebase import ConfigurationError
+    from tidebase.embedded import configured_database_url, resolve_database_url
+
+    monkeypatch.delenv("TIDEBASE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TIDEBASE_URL", "http://localhost:7373")  # a server: not a database
+    monkeypatch.setenv("DATABASE_URL", "http://user:secret@db.example/x")
+    with pytest.raises(ConfigurationError, match="DATABASE_URL must be a postgresql:// URL") as e:
+        resolve_database_url()
+    assert "secret" not in str(e.value)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.example/x")
+    assert configured_database_url() == "postgresql://db.example/x"
+    monkeypatch.setenv("TIDEBASE_DATABASE_URL", "mysql://db.example/x")
+    with pytest.raises(ConfigurationError, match="TIDEBASE_DATABASE_URL"):
+        configured_database_url()

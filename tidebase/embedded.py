@@ -18,11 +18,27 @@ _servers: dict[Path, Any] = {}
 
 
 def configured_database_url() -> str | None:
-    """A Postgres URL from TIDEBASE_URL (when it is one) or DATABASE_URL/TIDEBASE_DATABASE_URL."""
+    """A Postgres URL from TIDEBASE_URL (when it is one) or DATABASE_URL/TIDEBASE_DATABASE_URL.
+
+    Raises ConfigurationError, naming the variable, when one of the last two is set to
+    something else (an http URL would otherwise fail later, deep in the Postgres driver)."""
     url = os.environ.get("TIDEBASE_URL", "")
-    if url.startswith(("postgres://", "postgresql://")):
+    if url.startswith(_POSTGRES_SCHEMES):
         return url
-    return os.environ.get("TIDEBASE_DATABASE_URL") or os.environ.get("DATABASE_URL") or None
+    for name in ("TIDEBASE_DATABASE_URL", "DATABASE_URL"):
+        value = os.environ.get(name)
+        if value:
+            if not value.startswith(_POSTGRES_SCHEMES):
+                from tidebase.errors import ConfigurationError
+
+                raise ConfigurationError(
+                    f"{name} must be a postgresql:// URL, got {redact_url(value)!r}"
+                )
+            return value
+    return None
+
+
+_POSTGRES_SCHEMES = ("postgres://", "postgresql://")
 
 
 def default_data_dir() -> Path:
