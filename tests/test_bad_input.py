@@ -289,19 +289,25 @@ async def test_a_step_task_left_behind_by_a_workflow_that_returns_at_once_record
         assert "completed" not in steps.values(), steps
 
 
+async def _park_a_step(tide: AsyncTidebase, workflow: str, step: str) -> str:
+    """A run whose step with side effects failed: parked for manual review. Its run id."""
+    run_id = new_run_id()
+
+    def effect():
+        raise TimeoutError("did it happen?")
+
+    async def pipeline(run, _):
+        await run.step(step, effect, side_effects=["tickets.create"])
+
+    with pytest.raises(TimeoutError):
+        await tide.run(workflow, pipeline, run_id=run_id)
+    return run_id
+
+
 async def test_runs_list_names_a_parked_run_with_the_word_its_filter_takes(
     tide, tidebase_url, monkeypatch, capsys
 ):
-    run_id = new_run_id()
-
-    def create_ticket():
-        raise TimeoutError("did the ticket get created?")
-
-    async def pipeline(run, _):
-        await run.step("ticket", create_ticket, side_effects=["tickets.create"])
-
-    with pytest.raises(TimeoutError):
-        await tide.run("parked-wf", pipeline, run_id=run_id)
+    run_id = await _park_a_step(tide, "parked-wf", "ticket")
     monkeypatch.setenv("TIDEBASE_URL", tidebase_url)
     code = await asyncio.to_thread(
         cli_main, ["runs", "list", "--status", "manual_review", "--workflow", "parked-wf"]
@@ -314,16 +320,7 @@ async def test_runs_list_names_a_parked_run_with_the_word_its_filter_takes(
 async def test_runs_show_says_a_step_was_resolved_by_an_operator(
     tide, tidebase_url, monkeypatch, capsys
 ):
-    run_id = new_run_id()
-
-    def send():
-        raise TimeoutError("was the email sent?")
-
-    async def pipeline(run, _):
-        return await run.step("email", send, side_effects=["email.send"])
-
-    with pytest.raises(TimeoutError):
-        await tide.run("resolved-wf", pipeline, run_id=run_id)
+    run_id = await _park_a_step(tide, "resolved-wf", "email")
     monkeypatch.setenv("TIDEBASE_URL", tidebase_url)
     args = ["runs", "resolve", run_id, "email", "--output", '"sent"']
     assert await asyncio.to_thread(cli_main, args) == 0
