@@ -405,10 +405,13 @@ async def test_a_step_enclosing_a_parked_step_is_refused_and_the_parked_step_get
     assert _attrs(triage)[sc.TIDEBASE_STEP_OUTCOME] == "manual_review"
     assert _attrs(triage)[sc.TIDEBASE_STEP_TRIES] == 0
     assert "step 'triage' encloses it" in triage.status.description
-    # ...and the parked step it encloses, named by the error, gets a span too.
+    # ...and the parked step it encloses gets one too, with its recorded options.
     parked = otel.one("step ticket")
     assert parked.parent.span_id == run_span.context.span_id
     assert _attrs(parked)[sc.TIDEBASE_STEP_OUTCOME] == "manual_review"
+    assert _attrs(parked)[sc.TIDEBASE_STEP_SIDE_EFFECTS] == ("ticket.create",)
+    assert _attrs(parked)[sc.TIDEBASE_STEP_PARENT] == "triage"
+    assert sc.TIDEBASE_STEP_INPUT_HASH in _attrs(parked)
 
 
 async def test_step_failed_for_good_is_refused_with_its_options_on_the_span(tide, otel: Telemetry):

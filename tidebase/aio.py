@@ -406,9 +406,27 @@ class RunContext:
                 self.run_id, parked.name, f"it is parked, and step {name!r} encloses it"
             )
             self._tracker.refused(info, refusal)
+            self._tracker.refused(self._recorded_info(parked), refusal)
             raise refusal
 
         return await self._execute(key, info, fn, retries, retry_delay)
+
+    def _recorded_info(self, record: StepRecord) -> StepInfo:
+        """What hooks are told of a step known only from its record (one not called in this
+        attempt, e.g. a parked step nested in a step that is refused)."""
+        options = record.options or {}
+        return StepInfo(
+            run_id=self.run_id,
+            workflow=self.workflow,
+            attempt=self.attempt,
+            name=record.name,
+            input_hash=record.input_hash,
+            side_effects=tuple(options.get("sideEffects") or ()),
+            idempotency_key=options.get("idempotencyKey"),
+            replay=options.get("replay"),
+            retries=int(options.get("retries") or 0),
+            parent=record.parent_name,
+        )
 
     def _options(
         self,
