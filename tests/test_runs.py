@@ -14,6 +14,7 @@ from tidebase import (
     SerializationError,
     StepFailedPermanently,
     StepNeedsReview,
+    TidebaseError,
     WorkflowMismatch,
 )
 
@@ -286,6 +287,30 @@ async def test_a_workflow_wrapping_a_parked_steps_error_still_parks_the_run(tide
     with pytest.raises(PipelineError):
         await tide.run("wf", refused, run_id=run_id)
     assert (await tide.get_run(run_id))["run"]["failure_class"] == "manual_review"
+
+    # The step's error kept and an unrelated one raised, or the step raising a TidebaseError.
+    class ToolRefused(TidebaseError):
+        pass
+
+    async def unchained(run, _):
+        results = await asyncio.gather(
+            run.step("ticket", create_ticket, side_effects=["ticket.create"]),
+            return_exceptions=True,
+        )
+        raise RuntimeError(f"pipeline failed: {results[0]!r}")
+
+    def refuse():
+        raise ToolRefused("the ticket system refused")
+
+    async def tidebase_error(run, _):
+        await run.step("ticket", refuse, side_effects=["ticket.create"])
+
+    for workflow, error in ((unchained, RuntimeError), (tidebase_error, ToolRefused)):
+        other = new_run_id()
+        for _ in range(2):  # parked, then refused (StepNeedsReview, unless gathered)
+            with pytest.raises((error, StepNeedsReview)):
+                await tide.run("wf", workflow, run_id=other)
+            assert (await tide.get_run(other))["run"]["failure_class"] == "manual_review"
 
     # A TaskGroup raises an ExceptionGroup holding the step's error.
     grouped = new_run_id()

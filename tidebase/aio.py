@@ -97,24 +97,6 @@ def _call_name(awaitable: Any) -> str:
     return code.co_name if code is not None else "fn"
 
 
-def _caused_by_parked_step(exc: BaseException, seen: set[int] | None = None) -> bool:
-    """Whether `exc`, an error it was raised from or while handling, or one in an exception
-    group (`asyncio.TaskGroup`), is a step's parking: a workflow that wraps it
-    (`raise PipelineError(...) from e`) still leaves the run parked, not failed and requeued."""
-    seen = set() if seen is None else seen
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, StepNeedsReview) or getattr(current, "_tidebase_parked", False):
-            return True
-        seen.add(id(current))
-        if isinstance(current, BaseExceptionGroup) and any(
-            _caused_by_parked_step(inner, seen) for inner in current.exceptions
-        ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
 @dataclass(slots=True)
 class _StepFrame:
     """The step whose function is running in the current context (for nesting and usage)."""
@@ -260,6 +242,9 @@ class RunContext:
         self._usage_seq = 0
         self._stopped: BaseException | None = None
         self._ended = False  # the attempt is over: later steps raise AttemptEnded
+        # Steps parked for review in this attempt: a failed attempt with any is parked too,
+        # whatever exception the workflow raised in the end.
+        self._parked_steps: set[str] = set()
         self.stats = RunStats()
 
     @property
@@ -407,6 +392,7 @@ class RunContext:
             )
             self._tracker.refused(info, refusal)
             self._tracker.refused(self._recorded_info(parked), refusal)
+            self._parked_steps.add(parked.name)
             raise refusal
 
         return await self._execute(key, info, fn, retries, retry_delay)
@@ -491,6 +477,7 @@ class RunContext:
     async def _check_resumable(self, key: StepKey, info: StepInfo, known: StepRecord) -> None:
         """Refuses to re-execute a step that is parked, failed for good, or died mid-effect."""
         if known.status == "manual_review":
+            self._parked_steps.add(info.name)
             raise StepNeedsReview(self.run_id, info.name, "it is parked in manual review")
         if known.status == "failed" and known.resume_decision == "fail_hard":
             raise StepFailedPermanently(self.run_id, info.name)
@@ -507,6 +494,7 @@ class RunContext:
             await self._flush_checkpoints()
             await self._store.fail_step(key, error, STATUS_FOR_DECISION[decision], decision, None)
             if decision == "manual_review":
+                self._parked_steps.add(info.name)
                 raise StepNeedsReview(
                     self.run_id,
                     info.name,
@@ -611,6 +599,7 @@ class RunContext:
                     duration_s=time.perf_counter() - started,
                 )
                 if status == "manual_review":
+                    self._parked_steps.add(info.name)
                     if frame.parent is not None:
                         frame.parent.poison(
                             StepNeedsReview(self.run_id, info.name, f"it failed: {exc!r}")
@@ -623,9 +612,6 @@ class RunContext:
                 if not isinstance(exc, TidebaseError):
                     with contextlib.suppress(AttributeError, TypeError):
                         exc._tidebase_user_error = True  # type: ignore[attr-defined]
-                        if status == "manual_review":
-                            # the run fails as parked: never requeued or retried blindly
-                            exc._tidebase_parked = True  # type: ignore[attr-defined]
                 raise
             finally:
                 _current_step.reset(token)
@@ -1061,7 +1047,9 @@ class AsyncTidebase:
             tracker.finished("interrupted", error=exc)
             return False
         await ctx._keep_finished_steps()
-        failure_class = "manual_review" if _caused_by_parked_step(exc) else None
+        # Parked, never requeued or retried blindly, whatever the workflow raised in the end
+        # (the step's own error, a wrapper, an ExceptionGroup, something unrelated).
+        failure_class = "manual_review" if ctx._parked_steps else None
         requeued = False
         try:
             requeued = bool(
