@@ -340,6 +340,17 @@ async def test_wrongly_typed_fields_are_4xx_and_name_the_field(api, db, ids) -> 
                     assert field in text or "body" in text, (path, field, value, text[:200])
 
 
+async def test_lone_surrogates_are_4xx_or_ignored_never_500(api, db, ids) -> None:
+    """A lone UTF-16 surrogate is valid JSON and not valid text: the 400 that quotes it (a key
+    in the path of a field) must still be written, and the connection stay usable."""
+    extras = ('"\\ud800": 1', '"input": {"\\ud800": 1}', '"metadata": {"a\\udfff": "\\ud800"}')
+    for method, path, base, _ in _routes(ids):
+        for extra in extras:
+            opening = json.dumps(base)[:-1] + ("," if base else "")
+            await _check(api, db, method, path, (opening + extra + "}").encode())
+    assert (await api.get("/health")).status_code == 200
+
+
 async def test_missing_required_fields_are_400(api, db, ids) -> None:
     required = {
         f"/runs/{ids['run']}/steps/begin": ["name", "inputHash"],

@@ -6,6 +6,7 @@ is a 500 `{error: "internal server error"}` (logged with its traceback).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -35,19 +36,31 @@ class HTTPError(Exception):
         self.body = {"error": error, **extra}
 
 
+class ErrorResponse(JSONResponse):
+    """A JSON error body that may quote the client's own text, which can hold a lone UTF-16
+    surrogate (U+D800 escaped is valid JSON, raw it is not valid UTF-8): written as a JSON
+    escape instead of failing to encode (a 500 for a 400)."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        # Only a lone surrogate fails to encode, and only inside a string, where the
+        # backslash-u escape that backslashreplace writes is JSON's escape for it.
+        return text.encode("utf-8", "backslashreplace")
+
+
 def error(status: int, text: str, /, **extra: Any) -> JSONResponse:
     """A JSON error answer: `{error: text, ...extra}`."""
-    return JSONResponse({"error": text, **extra}, status_code=status)
+    return ErrorResponse({"error": text, **extra}, status_code=status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
-    return JSONResponse(exc.body, status_code=exc.status)
+    return ErrorResponse(exc.body, status_code=exc.status)
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
-    return JSONResponse(exc.body(), status_code=400)
+    return ErrorResponse(exc.body(), status_code=400)
 
 
 async def _invalid_json(request: Request, exc: Exception) -> Response:
