@@ -351,6 +351,29 @@ async def test_lone_surrogates_are_4xx_or_ignored_never_500(api, db, ids) -> Non
     assert (await api.get("/health")).status_code == 200
 
 
+async def test_whatever_nesting_is_accepted_reads_back(api, db) -> None:
+    """The write path accepted 963 levels that the read path could not decode (a 500 on
+    every later GET): the limit is now one both paths handle."""
+    from tidebase.server.body import MAX_DEPTH
+
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = {"a": value}
+        return value
+
+    deepest = nested(MAX_DEPTH - 2)  # inside {"input": ...}: MAX_DEPTH levels in all
+    created = await api.post("/runs/deep-wf", json={"input": deepest})
+    assert created.status_code in (200, 201), created.text[:200]
+    run_id = created.json()["run"]["id"]
+    detail = await api.get(f"/runs/{run_id}")
+    assert detail.status_code == 200 and detail.json()["run"]["input"] == deepest
+    assert (await api.get("/runs", params={"workflow": "deep-wf"})).status_code == 200
+    raw = json.dumps({"input": nested(MAX_DEPTH)}).encode()
+    refused = await _check(api, db, "POST", "/runs/deep-wf", raw)
+    assert refused.status_code == 400 and "nested more than" in refused.text
+
+
 async def test_missing_required_fields_are_400(api, db, ids) -> None:
     required = {
         f"/runs/{ids['run']}/steps/begin": ["name", "inputHash"],

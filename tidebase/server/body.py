@@ -15,6 +15,11 @@ from starlette.requests import Request
 
 from tidebase.server.validation import BadRequest, Body
 
+# Deepest nesting a body may have. The SDK's codec stops user values at 200 levels; the
+# request's own wrapping needs a few more. Every stored value must also read back, and reading
+# goes through deeper call stacks than parsing did (about 960 levels failed there).
+MAX_DEPTH = 256
+
 
 class PayloadTooLarge(Exception):
     """The request body exceeds the server's limit (HTTP 413)."""
@@ -79,9 +84,27 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidJSON("request body is nested too deeply") from None
     except ValueError as exc:
         raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # else it cannot nest that deep
+        _check_depth(value)
     if "\\u" in text:  # NUL and surrogates can only arrive escaped
         _check_strings(value)
     return value
+
+
+def _check_depth(value: Any) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidJSON(f"request body is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values() if _nests(child))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if _nests(child))
+
+
+def _nests(value: Any) -> bool:
+    return isinstance(value, dict | list)
 
 
 async def read_bytes(request: Request, limit: int) -> bytes:
