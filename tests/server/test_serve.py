@@ -135,6 +135,29 @@ async def test_sigterm_stops_the_embedded_postgres_it_started(tmp_path) -> None:
     assert _gone_or_zombie(pg_pid)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_while_the_embedded_postgres_starts_still_stops_it(tmp_path, sig) -> None:
+    """Interrupted while Postgres was starting, `tidebase serve` left it running: the signal
+    now takes effect once start-up is done, when Postgres can be stopped."""
+    data_dir = tmp_path / "pgdata"
+    proc = _spawn(None, _free_port(), TIDEBASE_DATA_DIR=str(data_dir))
+    postmaster = data_dir / "postmaster.pid"
+    try:
+        async with asyncio.timeout(60):
+            while not postmaster.exists():  # Postgres is starting: signal now
+                assert proc.poll() is None, proc.communicate()[1]
+                await asyncio.sleep(0.01)
+        proc.send_signal(sig)
+        assert await asyncio.to_thread(proc.wait, 60) == 128 + sig
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.communicate()[1]
+    assert not postmaster.exists(), stderr
+    assert "Traceback" not in stderr, stderr
+
+
 def _gone_or_zombie(pid: int) -> bool:
     """A stopped postmaster may linger as a zombie until whatever adopted it reaps it."""
     try:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -58,9 +59,10 @@ def serve(
     (ConfigurationError naming them). Raises StoreUnavailable if Postgres cannot be reached.
     """
     config = config or ServerConfig.from_env()
-    url = config.database_url or resolve_database_url(announce=True)
-    config = dataclasses.replace(config, database_url=url)
-    asyncio.run(_prepare(config))
+    with _signals_deferred():
+        url = config.database_url or resolve_database_url(announce=True)
+        config = dataclasses.replace(config, database_url=url)
+        asyncio.run(_prepare(config))
     try:
         from tidebase_otel.prometheus import meter_provider
 
@@ -87,6 +89,31 @@ def serve(
     )
     _exit_normally_on_sigterm()
     server.run()
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Holds SIGINT/SIGTERM while the database starts: interrupted half-way, the embedded
+    Postgres was left running (its exit hook only stops a server it finished starting). The
+    signal is acted on (exit 130/143) once start-up is done, and the hook can stop it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
+    for sig in watched:
+        if previous[sig] != signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
+    if received:
+        print("tidebase serve: stopped while starting", file=sys.stderr)
+        raise SystemExit(128 + received[0])
 
 
 def _exit_normally_on_sigterm() -> None:
