@@ -43,3 +43,11 @@ def test_a_database_url_that_is_not_postgres_is_refused_naming_the_variable(monk
     monkeypatch.setenv("TIDEBASE_DATABASE_URL", "mysql://db.example/x")
     with pytest.raises(ConfigurationError, match="TIDEBASE_DATABASE_URL"):
         configured_database_url()
+
+
+def test_a_malformed_url_still_has_its_password_hidden():
+    from tidebase.embedded import redact_url
+
+    assert redact_url("http://u:s3cr3t@[::1") == "http://u:***@[::1"  # urlsplit refuses it
+    assert redact_url("postgresql://u:s3cr3t@db/x") == "postgresql://u:***@db/x"
+    assert redact_url("postgresql://db/x") == "postgresql://db/x"

@@ -106,6 +106,8 @@ def redact_url(url: str) -> str:
         if parts.password:
             netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
             return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        pass
+    except ValueError:  # malformed (e.g. an unclosed [ipv6]): still hide what may be one
+        import re
+
+        return re.sub(r"(://[^/:@]*:)[^@]*@", r"\1***@", url)
     return url
