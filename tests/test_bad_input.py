@@ -289,6 +289,25 @@ async def test_a_step_task_left_behind_by_a_workflow_that_returns_at_once_record
         assert "completed" not in steps.values(), steps
 
 
+async def test_a_step_task_whose_function_finished_before_the_workflow_returned_is_recorded(
+    tide,
+):
+    """The other side of the rule: not awaited, but its function returned while the attempt
+    was alive (its checkpoint write still on its way): it is recorded and replays."""
+    run_id = new_run_id()
+    tasks: list = []
+
+    async def pipeline(run, _):
+        tasks.append(asyncio.ensure_future(run.step("early", lambda: {"v": 1})))
+        await asyncio.sleep(0)  # the task runs its function now
+        return "done"
+
+    assert await tide.run("wf", pipeline, run_id=run_id) == "done"
+    assert await tasks[0] == {"v": 1}
+    steps = {s["name"]: s["status"] for s in (await tide.get_run(run_id))["steps"]}
+    assert steps == {"early": "completed"}
+
+
 async def _park_a_step(tide: AsyncTidebase, workflow: str, step: str) -> str:
     """A run whose step with side effects failed: parked for manual review. Its run id."""
     run_id = new_run_id()
