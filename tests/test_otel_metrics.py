@@ -94,6 +94,13 @@ async def test_points_once_per_new_ledger_row_and_none_for_replays(tide, pg_url:
         # cost: cost_usd where recorded (0.5 + 0.01), else the price table (m2: 7 in, 3 out)
         expected_m2 = (7 * 1.0 + 3 * 2.0) / 1e6
         assert otel.metric_sum(sc.METRIC_TIDEBASE_COST) == pytest.approx(0.51 + expected_m2)
+        # ...and the ledger holds the same cost: a record without cost_usd is priced from the
+        # table before it is written (it was stored unpriced, so metrics and ledger differed).
+        m2_row = next(r for r in rows if r["model"] == "m2")
+        assert float(m2_row["cost_usd"]) == pytest.approx(expected_m2)
+        assert float(sum(r["cost_usd"] or 0 for r in rows)) == pytest.approx(
+            otel.metric_sum(sc.METRIC_TIDEBASE_COST)
+        )
         assert otel.metric_sum(
             sc.METRIC_TIDEBASE_COST, **{sc.TIDEBASE_USAGE_KIND: "search"}
         ) == pytest.approx(0.01)
@@ -114,17 +121,20 @@ async def test_points_once_per_new_ledger_row_and_none_for_replays(tide, pg_url:
         }
 
 
-async def test_no_price_no_cost_point_but_tokens_counted(tide, monkeypatch):
+async def test_no_price_no_cost_point_but_tokens_counted(tide, monkeypatch, pg_url: str):
     monkeypatch.delenv(sc.ENV_PRICES, raising=False)
+    run_id = new_run_id()
 
     async def pipeline(run, _):
         await run.usage_record(provider="openai", model="unpriced", input_tokens=5)
         return 1
 
     with instrumented() as otel:
-        await tide.run("wf", pipeline, run_id=new_run_id())
+        await tide.run("wf", pipeline, run_id=run_id)
         assert otel.metric_sum(sc.METRIC_TIDEBASE_TOKENS) == 5
         assert otel.metric_points(sc.METRIC_TIDEBASE_COST) == []
+    (row,) = await ledger(pg_url, run_id)
+    assert row["cost_usd"] is None  # unpriced stays unpriced: no invented cost
 
 
 def test_price_table_env_code_and_provider_keys(monkeypatch):

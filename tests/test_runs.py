@@ -478,6 +478,46 @@ async def test_usage_record_rejects_bad_values(tide):
     assert (await tide.get_run(run_id))["usage"] == []
 
 
+async def test_an_observer_prices_records_given_without_a_cost(make_client):
+    """`AttemptTracker.usage_cost` prices a record before it is written (tidebase_otel's price
+    table uses it); a broken pricer leaves the record unpriced and the run unharmed."""
+    from tidebase.hooks import AttemptTracker, RunObserver
+
+    class Pricer(RunObserver):
+        def __init__(self, price):
+            self.price = price
+
+        def attempt(self, info):
+            price = self.price
+
+            class Tracker(AttemptTracker):
+                def usage_cost(self, usage):
+                    return price(usage)
+
+            return Tracker()
+
+    def boom(usage):
+        raise RuntimeError("price service down")
+
+    async def pipeline(run, _):
+        await run.usage_record(model="m", input_tokens=1000, output_tokens=10)
+        await run.usage_record(model="m", input_tokens=1, cost_usd=0.25)  # given: kept
+        return "ok"
+
+    for price, expected in (
+        (lambda u: u.input_tokens * 1e-6, [0.001, 0.25]),
+        (boom, [None, 0.25]),
+        (lambda u: "cheap", [None, 0.25]),
+        (lambda u: float("nan"), [None, 0.25]),
+    ):
+        tide = make_client(observers=[Pricer(price)])
+        run_id = new_run_id()
+        assert await tide.run("wf", pipeline, run_id=run_id) == "ok"
+        usage = (await tide.get_run(run_id))["usage"]
+        costs = [None if u["cost_usd"] is None else float(u["cost_usd"]) for u in usage]
+        assert costs == pytest.approx(expected)
+
+
 async def test_resuming_with_another_run_input_is_refused(tide):
     run_id = new_run_id()
 

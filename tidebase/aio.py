@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import datetime as _dt
 import inspect
 import logging
@@ -734,6 +735,29 @@ class RunContext:
             self._usage_seq += 1
             record_key = f"run:{self._usage_seq}"
         step_name = frame.name if in_step else None
+        info = UsageInfo(
+            run_id=self.run_id,
+            workflow=self.workflow,
+            step=step_name,
+            kind=kind,
+            provider=provider,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=(
+                total_tokens
+                if total_tokens is not None or (input_tokens is None and output_tokens is None)
+                else (input_tokens or 0) + (output_tokens or 0)
+            ),
+            cost_usd=cost_usd,
+            quantity=quantity,
+            unit=unit,
+        )
+        if cost_usd is None:
+            # Priced by an observer (tidebase_otel's price table) before it is written, so the
+            # ledger stores the cost its metrics report.
+            cost_usd = _valid_cost(self._tracker.usage_cost(info))
+            info = dataclasses.replace(info, cost_usd=cost_usd)
         record = UsageRecord(
             key=record_key,
             step_name=step_name,
@@ -752,25 +776,17 @@ class RunContext:
         await self._flush_checkpoints()
         inserted = await self._store.record_usage(self.run_id, self._owner, record)
         if inserted:
-            if total_tokens is None and (input_tokens is not None or output_tokens is not None):
-                total_tokens = (input_tokens or 0) + (output_tokens or 0)
-            self._tracker.usage_recorded(
-                UsageInfo(
-                    run_id=self.run_id,
-                    workflow=self.workflow,
-                    step=step_name,
-                    kind=kind,
-                    provider=provider,
-                    model=model,
-                    input_tokens=input_tokens,
-                    output_tokens=output_tokens,
-                    total_tokens=total_tokens,
-                    cost_usd=cost_usd,
-                    quantity=quantity,
-                    unit=unit,
-                )
-            )
+            self._tracker.usage_recorded(info)
         return inserted
+
+
+def _valid_cost(cost: Any) -> float | None:
+    """An observer's price, if it is one the ledger can store (else the record stays unpriced)."""
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < 1e9:
+        return float(cost)
+    if cost is not None:
+        _log.warning("an observer priced a usage record at %r; it is stored without a cost", cost)
+    return None
 
 
 def current_run() -> RunContext | None:

@@ -151,6 +151,12 @@ class AttemptTracker:
     def usage_recorded(self, info: UsageInfo) -> None:
         """A usage record was newly written (exactly once per ledger row)."""
 
+    def usage_cost(self, info: UsageInfo) -> float | None:
+        """The cost in USD to store with a usage record given without one (`info.cost_usd` is
+        None), e.g. from a price table; None leaves it unpriced. Asked before the record is
+        written, so the ledger holds the cost that metrics report."""
+        return None
+
     def finished(self, status: str, *, error: BaseException | None = None) -> None:
         """The attempt ended: completed, failed, cancelled, lease_lost, replayed (already done)."""
 
@@ -486,6 +492,14 @@ class _FanoutAttempt(AttemptTracker):
     def usage_recorded(self, info: UsageInfo) -> None:
         for t in self._trackers:
             _guard("attempt.usage_recorded", t.usage_recorded, info)
+
+    def usage_cost(self, info: UsageInfo) -> float | None:
+        for t in self._trackers:
+            hook = getattr(t, "usage_cost", None)  # trackers written before this hook lack it
+            cost = _guard("attempt.usage_cost", hook, info) if hook is not None else None
+            if cost is not None:
+                return cost
+        return None
 
     def finished(self, status: str, *, error: BaseException | None = None) -> None:
         for t in self._trackers:

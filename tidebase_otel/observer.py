@@ -424,6 +424,11 @@ class _AttemptSpan(AttemptTracker):
             ledger.note_hand_record(info.kind)
         self._obs._metrics.usage_recorded(info)
 
+    def usage_cost(self, info: UsageInfo) -> float | None:
+        """A record written without `cost_usd` is priced from the price table before it is
+        stored: the ledger then holds the cost the cost metric reports."""
+        return self._obs._metrics.cost_of(info)
+
 
 class _StepSpan(StepTracker):
     """The span of one step (all its tries), and the context manager of each try.
