@@ -280,3 +280,31 @@ async def _check_metrics_equal_ledger(
                 for p in metric.data.data_points:
                     assert set(p.attributes) <= ALLOWED_METRIC_ATTRS, metric.name
                     assert run_id not in repr(dict(p.attributes))
+
+
+def test_the_demo_says_whether_its_otlp_export_arrived(receiver, monkeypatch):
+    """With a collector it says the spans were exported; with none it says the export failed
+    (it claimed success either way) and gives up within its short timeout."""
+    import socket
+    import time
+
+    from tidebase.demo.trace_tree import DemoTelemetry
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TIMEOUT", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    for endpoint, expected in ((receiver.endpoint, "also exported"), (closed, "failed for 1")):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        telemetry = DemoTelemetry("test")
+        try:
+            telemetry.tracer_provider.get_tracer("t").start_span("s").end()
+            started = time.monotonic()
+            telemetry.flush()
+            assert time.monotonic() - started < 10  # not the exporters' 10 s, twice
+            note = telemetry.otlp_note()
+            assert note is not None and expected in note and endpoint in note, note
+        finally:
+            telemetry.close()
+    assert receiver.traces  # the first one really arrived

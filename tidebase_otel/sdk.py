@@ -91,8 +91,9 @@ def _signal_endpoint(endpoint: str | None, signal: str, protocol: str) -> str | 
     return endpoint
 
 
-def span_exporter(endpoint: str | None = None) -> Any:
-    """An OTLP span exporter for the configured protocol (HTTP/protobuf unless ``grpc``)."""
+def span_exporter(endpoint: str | None = None, timeout: float | None = None) -> Any:
+    """An OTLP span exporter for the configured protocol (HTTP/protobuf unless ``grpc``);
+    `timeout` in seconds, else ``OTEL_EXPORTER_OTLP_TIMEOUT`` (10 s by default)."""
     protocol = _protocol("traces")
     url = _signal_endpoint(endpoint, "traces", protocol)
     if protocol == _GRPC:
@@ -101,11 +102,12 @@ def span_exporter(endpoint: str | None = None) -> Any:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
             OTLPSpanExporter,
         )
-    return OTLPSpanExporter(endpoint=url)
+    return OTLPSpanExporter(endpoint=url, **({"timeout": timeout} if timeout is not None else {}))
 
 
-def metric_exporter(endpoint: str | None = None) -> Any:
-    """An OTLP metric exporter for the configured protocol (HTTP/protobuf unless ``grpc``)."""
+def metric_exporter(endpoint: str | None = None, timeout: float | None = None) -> Any:
+    """An OTLP metric exporter for the configured protocol (HTTP/protobuf unless ``grpc``);
+    `timeout` as for `span_exporter`."""
     protocol = _protocol("metrics")
     url = _signal_endpoint(endpoint, "metrics", protocol)
     if protocol == _GRPC:
@@ -114,7 +116,7 @@ def metric_exporter(endpoint: str | None = None) -> Any:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
             OTLPMetricExporter,
         )
-    return OTLPMetricExporter(endpoint=url)
+    return OTLPMetricExporter(endpoint=url, **({"timeout": timeout} if timeout is not None else {}))
 
 
 def _exporter_choice(signal: str) -> str:

@@ -126,7 +126,7 @@ async def _show_telemetry(
         add_totals(read_totals(metrics_file), telemetry.totals()),
         detail["usage"],
         WORKFLOW,
-        telemetry.otlp_endpoint,
+        telemetry.otlp_note(),
     )
     print("\n".join(lines))
 

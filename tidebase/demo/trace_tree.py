@@ -51,6 +51,33 @@ from tidebase_otel.sdk import metric_exporter, span_exporter
 
 OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 _FLUSH_TIMEOUT_MS = 3000
+# Unless OTEL_EXPORTER_OTLP_TIMEOUT says otherwise: a demo pointed at a collector that is not
+# there should not sit out the exporters' 10 s default (twice: spans, then metrics).
+_EXPORT_TIMEOUT_S = 2.0
+
+
+class _ExportTally(SpanExporter):
+    """Passes spans on to `exporter`, remembering whether every export succeeded (so the demo
+    says whether the spans reached the collector, not only that it tried)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+        self.exported = 0
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self._exporter.export(spans)
+        if result == SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
 
 
 # ---------------------------------------------------------------------- spans as plain data
@@ -181,13 +208,27 @@ class DemoTelemetry:
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         self.metrics = InMemoryMetricReader()
         readers: list[MetricReader] = [self.metrics]
+        self._otlp: _ExportTally | None = None
         if self.otlp_endpoint:
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter()))
-            readers.append(PeriodicExportingMetricReader(metric_exporter()))
+            timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else _EXPORT_TIMEOUT_S
+            self._otlp = _ExportTally(span_exporter(timeout=timeout))
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(self._otlp))
+            readers.append(PeriodicExportingMetricReader(metric_exporter(timeout=timeout)))
         self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         tidebase_otel.instrument(
             tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
         )
+
+    def otlp_note(self) -> str | None:
+        """What became of this process's OTLP export, for the report (None: not exporting)."""
+        if self._otlp is None:
+            return None
+        if self._otlp.failed:
+            return (
+                f"  (OTLP export to {self.otlp_endpoint} failed for {self._otlp.failed} spans: "
+                "is a collector listening there?)"
+            )
+        return f"  (also exported over OTLP to {self.otlp_endpoint})"
 
     def spans(self) -> list[SpanRecord]:
         return [SpanRecord.of(s, self.process) for s in self._memory.get_finished_spans()]
@@ -334,7 +375,7 @@ def render_report(
     totals: MetricTotals,
     ledger: Sequence[Mapping[str, Any]],
     workflow: str,
-    otlp_endpoint: str | None,
+    otlp_note: str | None,
 ) -> list[str]:
     """Every attempt's tree, then the metric totals next to the usage ledger's."""
     attempt_of_trace = {a["trace_id"]: a["attempt"] for a in attempts if a.get("trace_id")}
@@ -355,8 +396,8 @@ def render_report(
         )
         lines.extend(render_attempt(own, describer, run_spans) or ["  (no spans exported)"])
     lines.extend(render_metrics(totals, ledger))
-    if otlp_endpoint:
-        lines.append(f"  (also exported over OTLP to {otlp_endpoint})")
+    if otlp_note:
+        lines.append(otlp_note)
     return lines
 
 
