@@ -504,6 +504,46 @@ async def test_other_processor_making_its_span_current_does_not_reparent(
         assert span.parent.span_id == expected
 
 
+class TraceStartIntruder(Intruder):
+    """Another instrumentation that makes its own span current for the whole Agents trace."""
+
+    def on_trace_start(self, trace: Any) -> None:
+        own = self.tracer.start_span("intruder trace")
+        self.ids.add(own.get_span_context().span_id)
+        self.open[trace.trace_id] = (own, otel_context.attach(otel_trace.set_span_in_context(own)))
+
+    def on_trace_end(self, trace: Any) -> None:
+        own, token = self.open.pop(trace.trace_id)
+        otel_context.detach(token)
+        own.end()
+
+    def on_span_start(self, span: Any) -> None:
+        pass
+
+    def on_span_end(self, span: Any) -> None:
+        pass
+
+
+async def test_install_goes_first_so_a_processor_changing_the_span_at_trace_start_cannot_adopt(
+    otel: Otel, recorder: Recorder
+):
+    """Processors run in order: ours is installed first, so it notes the step span before one
+    registered earlier makes its own span current in on_trace_start."""
+    intruder = TraceStartIntruder(otel.tracer)
+    agents.set_trace_processors([intruder, recorder])
+    processor = install(tracer_provider=otel.provider)
+    try:
+        agent = Agent(name="calc", model=OfflineModel(["2"]))
+        with otel.tracer.start_as_current_span("step") as step:
+            await Runner.run(agent, "1+1")
+    finally:
+        agents.set_trace_processors([])
+        processor.shutdown()
+    assert intruder.ids  # it did make its span current
+    roots = [otel.by_agents_id()[i] for i, rec in recorder.spans.items() if rec.parent_id is None]
+    assert roots and all(r.parent.span_id == step.get_span_context().span_id for r in roots)
+
+
 @pytest.mark.parametrize("mode", ["tasks", "threads"])
 async def test_concurrent_runs_never_cross_parent(otel: Otel, use: Any, mode: str):
     use()
@@ -790,7 +830,7 @@ def test_install_and_uninstall_keep_other_processors(otel: Otel, recorder: Recor
         assert install(processor) is processor  # idempotent
         from tidebase_otel.agents import _current_processors
 
-        assert _current_processors() == [other, processor]
+        assert _current_processors() == [processor, other]  # first, the others kept in order
         last = Recorder()
         agents.add_trace_processor(last)
         assert uninstall(processor) is True

@@ -297,8 +297,8 @@ def test_instrument_installs_one_agents_processor_and_keeps_others():
         tidebase_otel.instrument(tracer_provider=telemetry.tracer_provider)
         try:
             procs = _current_processors()
-            assert procs[0] is other
-            assert [type(p) for p in procs[1:]] == [OTelAgentsProcessor]
+            assert [type(p) for p in procs[:1]] == [OTelAgentsProcessor]  # first in line
+            assert procs[1:] == [other]
         finally:
             tidebase_otel.uninstrument()
         assert _current_processors() == [other]

@@ -860,7 +860,7 @@ def _current_processors() -> list[TracingProcessor] | None:
 
 
 def install(processor: OTelAgentsProcessor | None = None, **kwargs: Any) -> OTelAgentsProcessor:
-    """Register an `OTelAgentsProcessor` with the Agents SDK, keeping its other processors.
+    """Register an `OTelAgentsProcessor` with the Agents SDK, first, keeping its other processors.
 
     ``kwargs`` go to the constructor when ``processor`` is None. Installing the same processor
     twice is a no-op.
@@ -872,9 +872,14 @@ def install(processor: OTelAgentsProcessor | None = None, **kwargs: Any) -> OTel
     elif kwargs:
         raise TypeError("pass either a processor or constructor arguments, not both")
     current = _current_processors()
-    if current is not None and any(p is processor for p in current):
+    if current is None:
+        agents.add_trace_processor(processor)
         return processor
-    agents.add_trace_processor(processor)
+    if any(p is processor for p in current):
+        return processor
+    # First in line: it notes the OTel span current when an Agents trace starts before any
+    # other processor runs, one of which could make its own span current and adopt ours.
+    agents.set_trace_processors([processor, *current])
     return processor
 
 
