@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import uuid
 
+import asyncpg
 import pytest
 from _queue_helpers import make_ready, run_row
 
@@ -117,6 +118,38 @@ async def test_failed_run_is_requeued_with_backoff_until_max_attempts(tide, pg_u
     assert tries == [1, 2]
     assert row["status"] == "failed" and row["failure_class"] == "max_retries"
     assert json.loads(row["error"])["message"] == "boom 2"
+
+
+async def test_until_idle_does_not_return_while_a_ready_run_is_only_locked_for_a_moment(
+    tide, pg_url
+):
+    """Claims skip rows another transaction holds (SKIP LOCKED). `until_idle` used to take
+    that empty claim for idleness and return with a ready run left (seen under load)."""
+    queue = qname()
+    ran = []
+
+    @tide.workflow("held")
+    async def held(run, input):
+        ran.append(run.run_id)
+        return "ok"
+
+    queued = await tide.enqueue("held", queue=queue)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", queued.run_id)
+
+        async def release_soon():
+            await asyncio.sleep(0.08)
+            await transaction.rollback()
+
+        releaser = asyncio.create_task(release_soon())
+        await tide.work(queue, until_idle=True, handle_signals=False, poll_interval=0.05)
+        await releaser
+    finally:
+        await conn.close()
+    assert ran == [queued.run_id]
 
 
 async def test_a_run_without_a_registered_workflow_fails_clearly(tide):

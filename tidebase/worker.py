@@ -41,6 +41,11 @@ def _wait_s(run: dict[str, Any]) -> float:
     return max(0.0, (claimed - ready).total_seconds())
 
 
+# `until_idle`: how often, and how far apart, an empty claim is double-checked.
+_IDLE_RECHECKS = 3
+_IDLE_RECHECK_S = 0.05
+
+
 class Worker:
     """Claims and executes queued runs for one `AsyncTidebase` client."""
 
@@ -86,6 +91,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop) if handle_signals else []
         reconciler = await self._start_reconciler()
+        idle_checks = 0
         try:
             while not self._stopping.is_set():
                 free = self._concurrency - len(self._active)
@@ -97,7 +103,12 @@ class Worker:
                     self._active.add(task)
                     task.add_done_callback(self._done)
                 if self._until_idle and not claimed and not self._active:
-                    break
+                    if not await self._skipped_ready_run(idle_checks):
+                        break
+                    idle_checks += 1
+                    await asyncio.sleep(_IDLE_RECHECK_S)
+                    continue
+                idle_checks = 0
                 if not claimed or len(self._active) >= self._concurrency:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -135,6 +146,20 @@ class Worker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
         self._wakeup.set()
+
+    async def _skipped_ready_run(self, checks_so_far: int) -> bool:
+        """For `until_idle`: whether a claim that came back empty skipped a ready run (its row
+        was locked by another transaction for a moment: claims use SKIP LOCKED), so the worker
+        should look again instead of returning. Asked a few times at most: a queue held at its
+        concurrency or rate cap also has ready runs this worker cannot claim."""
+        if checks_so_far >= _IDLE_RECHECKS:
+            return False
+        try:
+            store = await self._tide.store()
+            queues = await store.list_queues()
+        except (StoreUnavailable, TidebaseError):
+            return False
+        return any(q.get("ready") for q in queues if q.get("queue") in self._queues)
 
     async def _claim(self, owner: str, limit: int) -> list[dict[str, Any]]:
         try:
