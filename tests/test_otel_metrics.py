@@ -292,3 +292,24 @@ async def test_model_calls_outside_steps_are_not_recorded(tide, pg_url: str, rec
     assert await tide.run("wf", pipeline, run_id=run_id) == "ok"
     await drain()
     assert await ledger(pg_url, run_id) == []
+
+
+async def test_the_cost_metric_is_the_ledgers_cost_at_the_extremes(tide, pg_url: str):
+    """A table price the ledger cannot store (>= $1e9) leaves the row unpriced and makes no
+    cost point; a price below the ledger's 10 decimals is rounded the same on both sides."""
+    run_id = new_run_id()
+
+    async def pipeline(run, _):
+        await run.usage_record(model="big", input_tokens=2 * 10**15)  # $2e9
+        for _ in range(20):
+            await run.usage_record(model="tiny", input_tokens=1)  # $1e-11 each
+        await run.usage_record(model="tiny", input_tokens=123_456_789)
+        return "ok"
+
+    with instrumented(prices={"big": (1.0, 0.0), "tiny": (1e-5, 0.0)}) as otel:
+        assert await tide.run("wf", pipeline, run_id=run_id) == "ok"
+        rows = await ledger(pg_url, run_id)
+        assert next(r for r in rows if r["model"] == "big")["cost_usd"] is None
+        assert otel.metric_sum(sc.METRIC_TIDEBASE_COST, **{sc.GEN_AI_REQUEST_MODEL: "big"}) == 0
+        stored = sum(float(r["cost_usd"] or 0) for r in rows)
+        assert otel.metric_sum(sc.METRIC_TIDEBASE_COST) == pytest.approx(stored, abs=1e-15)

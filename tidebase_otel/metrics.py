@@ -118,6 +118,7 @@ class TidebaseMetrics:
 
     # ------------------------------------------------------------------ usage ledger
     def cost_of(self, info: UsageInfo) -> float | None:
+        """The record's cost: its own, else the price table's."""
         if info.cost_usd is not None:
             return float(info.cost_usd)
         return self.prices.cost(info.model, info.input_tokens, info.output_tokens, info.provider)
@@ -150,9 +151,10 @@ class TidebaseMetrics:
                 amount,
                 {**base, sc.GEN_AI_TOKEN_TYPE: token_type, sc.TIDEBASE_USAGE_KIND: info.kind},
             )
-        cost = self.cost_of(info)
-        if cost is not None:
-            self._cost.add(cost, {**base, sc.TIDEBASE_USAGE_KIND: info.kind})
+        # The ledger's own cost: tidebase asked `cost_of` (through the usage_cost hook) before
+        # writing a record given without one, so a price from the table is in `info` already.
+        if info.cost_usd is not None:
+            self._cost.add(float(info.cost_usd), {**base, sc.TIDEBASE_USAGE_KIND: info.kind})
 
     # ------------------------------------------------------------------ steps and runs
     def step_ended(self, workflow: str, outcome: str, duration_s: float | None) -> None:

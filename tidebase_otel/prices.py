@@ -62,6 +62,8 @@ class ModelPrice:
         ) / _PER_MILLION
 
 
+_LEDGER_DECIMALS = 10  # usage_records.cost_usd is numeric(20,10)
+
 PriceSpec: TypeAlias = ModelPrice | tuple[float, float] | list[float] | Mapping[str, float]
 """One model's price: a `ModelPrice`, an ``(input, output)`` pair or ``{"input", "output"}``."""
 
@@ -144,10 +146,13 @@ class PriceTable:
         output_tokens: int | None,
         provider: str | None = None,
     ) -> float | None:
-        """USD for these tokens, or None when the model has no price or there are no tokens."""
+        """USD for these tokens, or None when the model has no price or there are no tokens.
+
+        Rounded to 10 decimal places, the ledger's `cost_usd` precision: a cost stored in the
+        ledger and the cost metric's point for it are the same number."""
         if input_tokens is None and output_tokens is None:
             return None
         price = self.price(model, provider)
         if price is None:
             return None
-        return price.cost(input_tokens or 0, output_tokens or 0)
+        return round(price.cost(input_tokens or 0, output_tokens or 0), _LEDGER_DECIMALS)
