@@ -347,3 +347,18 @@ async def test_runs_show_says_a_step_was_resolved_by_an_operator(
     assert await asyncio.to_thread(cli_main, ["runs", "show", run_id]) == 0
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("email")]
     assert "output given by an operator" in line and "executed" not in line
+
+
+def test_a_bad_url_is_blamed_on_where_it_came_from(monkeypatch):
+    monkeypatch.delenv("TIDEBASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match=r"^url must be a postgresql:// URL"):
+        AsyncTidebase("ftp://x")
+    monkeypatch.setenv("TIDEBASE_URL", "ftp://y")
+    with pytest.raises(ConfigurationError, match=r"^TIDEBASE_URL must be"):
+        AsyncTidebase()
+
+
+def test_worker_target_without_that_attribute_says_so(capsys):
+    code = cli_main(["worker", "tidebase:nothere", "--queue", "q"])
+    assert code != 0
+    assert "'tidebase' has no attribute 'nothere'" in capsys.readouterr().err

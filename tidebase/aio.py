@@ -819,8 +819,9 @@ class AsyncTidebase:
         self.url = url or os.environ.get("TIDEBASE_URL") or DEFAULT_URL
         self.api_key = api_key if api_key is not None else os.environ.get("TIDEBASE_API_KEY")
         if not self.url.startswith(("postgres://", "postgresql://", "http://", "https://")):
+            source = "url" if url else "TIDEBASE_URL"
             raise ConfigurationError(
-                f"TIDEBASE_URL must be a postgresql:// URL (direct mode) or an http(s):// URL "
+                f"{source} must be a postgresql:// URL (direct mode) or an http(s):// URL "
                 f"(server mode), got {self.url.split('@')[-1]!r}"
             )
         self.lease_ms = (

@@ -295,7 +295,9 @@ def _load_client(target: str) -> Any:
     except ImportError as exc:
         raise TidebaseError(f"cannot import {module_name!r}: {exc}") from exc
     for part in attr.split("."):
-        obj = getattr(obj, part, None)
+        if not hasattr(obj, part):
+            raise TidebaseError(f"{target!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
     if not isinstance(obj, AsyncTidebase):
         raise TidebaseError(f"{target!r} is not an AsyncTidebase (got {type(obj).__name__})")
     return obj
