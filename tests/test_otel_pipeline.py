@@ -295,7 +295,7 @@ def test_the_demo_says_whether_its_otlp_export_arrived(receiver, monkeypatch):
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TIMEOUT", raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    for endpoint, expected in ((receiver.endpoint, "also exported"), (closed, "failed for 1")):
+    for endpoint, expected in ((receiver.endpoint, "also exported"), (closed, "failed: 1 spans")):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         telemetry = DemoTelemetry("test")
         try:
@@ -308,3 +308,35 @@ def test_the_demo_says_whether_its_otlp_export_arrived(receiver, monkeypatch):
         finally:
             telemetry.close()
     assert receiver.traces  # the first one really arrived
+
+
+def test_the_demo_says_the_export_failed_when_only_its_metrics_are_refused(monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tidebase.demo.trace_tree import DemoTelemetry
+
+    class TracesOnly(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200 if self.path.endswith("/v1/traces") else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TracesOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    telemetry = DemoTelemetry("test")
+    try:
+        telemetry.meter_provider.get_meter("m").create_counter("c").add(1)
+        telemetry.tracer_provider.get_tracer("t").start_span("s").end()
+        telemetry.flush()
+        note = telemetry.otlp_note()
+        assert note is not None and "failed: 0 spans, 1 metric batches" in note, note
+    finally:
+        telemetry.close()
+        server.shutdown()

@@ -31,6 +31,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
+    MetricExportResult,
     MetricReader,
     PeriodicExportingMetricReader,
 )
@@ -64,6 +65,20 @@ class _ExportTally(SpanExporter):
         self._exporter = exporter
         self.exported = 0
         self.failed = 0
+        self.metric_failures = 0
+
+    def metrics(self, exporter: Any) -> Any:
+        """`exporter` (an OTLP metric exporter), its failed exports counted here too."""
+        export = exporter.export
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            result = export(*args, **kwargs)
+            if result != MetricExportResult.SUCCESS:
+                self.metric_failures += 1
+            return result
+
+        exporter.export = counted
+        return exporter
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         result = self._exporter.export(spans)
@@ -213,7 +228,9 @@ class DemoTelemetry:
             timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else _EXPORT_TIMEOUT_S
             self._otlp = _ExportTally(span_exporter(timeout=timeout))
             self.tracer_provider.add_span_processor(BatchSpanProcessor(self._otlp))
-            readers.append(PeriodicExportingMetricReader(metric_exporter(timeout=timeout)))
+            readers.append(
+                PeriodicExportingMetricReader(self._otlp.metrics(metric_exporter(timeout=timeout)))
+            )
         self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         tidebase_otel.instrument(
             tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
@@ -223,10 +240,10 @@ class DemoTelemetry:
         """What became of this process's OTLP export, for the report (None: not exporting)."""
         if self._otlp is None:
             return None
-        if self._otlp.failed:
+        if self._otlp.failed or self._otlp.metric_failures:
             return (
-                f"  (OTLP export to {self.otlp_endpoint} failed for {self._otlp.failed} spans: "
-                "is a collector listening there?)"
+                f"  (OTLP export to {self.otlp_endpoint} failed: {self._otlp.failed} spans, "
+                f"{self._otlp.metric_failures} metric batches; is a collector listening there?)"
             )
         return f"  (also exported over OTLP to {self.otlp_endpoint})"
 
