@@ -21,7 +21,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,9 +252,11 @@ class RunContext:
     def lease_owner(self) -> str:
         return self._owner
 
-    def _check_alive(self, what: str) -> None:
+    def _check_alive(self, call: str = "", *, step: str = "") -> None:
+        """Raises when the run cannot go on: its attempt ended (naming the `step` or `call`
+        refused), it was stopped, or a pipelined checkpoint write failed."""
         if self._ended:
-            raise AttemptEnded(self.run_id, self.attempt, what)
+            raise AttemptEnded(self.run_id, self.attempt, f"step {step!r}" if step else call)
         if self._stopped is not None:
             raise self._stopped
         if self._checkpoints is not None:
@@ -353,24 +355,13 @@ class RunContext:
                 f"got {type(fn).__name__}{hint}"
             )
         options = self._options(name, side_effects, idempotency_key, retries, replay, retry_delay)
-        self._check_alive(f"step {name!r}")
+        self._check_alive(step=name)
         if name in self._used:
             raise DuplicateStep(name)
         self._used.add(name)
         digest = input_hash or self._hash(name, input)
         stored_input = codec.encode(input, what=f"input of step {name!r}")
-        info = StepInfo(
-            run_id=self.run_id,
-            workflow=self.workflow,
-            attempt=self.attempt,
-            name=name,
-            input_hash=digest,
-            side_effects=tuple(options.get("sideEffects") or ()),
-            idempotency_key=idempotency_key,
-            replay=replay,
-            retries=retries,
-            parent=parent.name if parent is not None else None,
-        )
+        info = self._step_info(name, digest, options, parent.name if parent is not None else None)
         key = StepKey(self.run_id, self._owner, name, info.parent, digest, stored_input, options)
 
         known = self._steps.get(name)
@@ -392,27 +383,31 @@ class RunContext:
                 self.run_id, parked.name, f"it is parked, and step {name!r} encloses it"
             )
             self._tracker.refused(info, refusal)
-            self._tracker.refused(self._recorded_info(parked), refusal)
+            # ...and the parked step it encloses, known here only from its record.
+            recorded = self._step_info(
+                parked.name, parked.input_hash, parked.options or {}, parked.parent_name
+            )
+            self._tracker.refused(recorded, refusal)
             self._parked_steps.add(parked.name)
             raise refusal
 
         return await self._execute(key, info, fn, retries, retry_delay)
 
-    def _recorded_info(self, record: StepRecord) -> StepInfo:
-        """What hooks are told of a step known only from its record (one not called in this
-        attempt, e.g. a parked step nested in a step that is refused)."""
-        options = record.options or {}
+    def _step_info(
+        self, name: str, input_hash: str, options: Mapping[str, Any], parent: str | None
+    ) -> StepInfo:
+        """What hooks are told of a step, from its options as stored (`_options`' shape)."""
         return StepInfo(
             run_id=self.run_id,
             workflow=self.workflow,
             attempt=self.attempt,
-            name=record.name,
-            input_hash=record.input_hash,
+            name=name,
+            input_hash=input_hash,
             side_effects=tuple(options.get("sideEffects") or ()),
             idempotency_key=options.get("idempotencyKey"),
             replay=options.get("replay"),
             retries=int(options.get("retries") or 0),
-            parent=record.parent_name,
+            parent=parent,
         )
 
     def _options(

@@ -117,12 +117,6 @@ class TidebaseMetrics:
         )
 
     # ------------------------------------------------------------------ usage ledger
-    def cost_of(self, info: UsageInfo) -> float | None:
-        """The record's cost: its own, else the price table's."""
-        if info.cost_usd is not None:
-            return float(info.cost_usd)
-        return self.prices.cost(info.model, info.input_tokens, info.output_tokens, info.provider)
-
     def usage_recorded(self, info: UsageInfo) -> None:
         """One new ledger row: token and cost points (exactly once per row)."""
         provider = info.provider or sc.UNKNOWN_VALUE
@@ -151,8 +145,8 @@ class TidebaseMetrics:
                 amount,
                 {**base, sc.GEN_AI_TOKEN_TYPE: token_type, sc.TIDEBASE_USAGE_KIND: info.kind},
             )
-        # The ledger's own cost: tidebase asked `cost_of` (through the usage_cost hook) before
-        # writing a record given without one, so a price from the table is in `info` already.
+        # The ledger's own cost: tidebase asked the observer's usage_cost hook (the price
+        # table) before writing a record given without one, so that price is in `info` already.
         if info.cost_usd is not None:
             self._cost.add(float(info.cost_usd), {**base, sc.TIDEBASE_USAGE_KIND: info.kind})
 

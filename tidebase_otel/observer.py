@@ -427,7 +427,9 @@ class _AttemptSpan(AttemptTracker):
     def usage_cost(self, info: UsageInfo) -> float | None:
         """A record written without `cost_usd` is priced from the price table before it is
         stored: the ledger then holds the cost the cost metric reports."""
-        return self._obs._metrics.cost_of(info)
+        return self._obs._metrics.prices.cost(
+            info.model, info.input_tokens, info.output_tokens, info.provider
+        )
 
 
 class _StepSpan(StepTracker):
